@@ -1,0 +1,453 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""Python face of an ioq ring end: raw descriptors (numpy structured arrays
+or any buffer of 32-byte records) and a message API over paired buffers.
+
+No call allocates a Python object per descriptor: batches go through buffers.
+"""
+import os
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.stdlib cimport malloc, free
+from libc.string cimport memcpy
+from libc.errno cimport errno
+from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE,
+                             PyBUF_SIMPLE, PyBUF_ND, PyBUF_C_CONTIGUOUS, PyBUF_FORMAT)
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from shmsignal.shmsig cimport *
+from ioq.abi cimport *
+from ioq.ring cimport *
+from ioq._region cimport Region
+from ioq._region import IoqError
+
+ROLE_PRODUCER = IOQ_ROLE_PRODUCER
+ROLE_CONSUMER = IOQ_ROLE_CONSUMER
+F_INDIRECT = IOQ_DESC_F_INDIRECT
+F_USER_MASK = IOQ_DESC_F_USER_MASK
+BAD_REASONS = ("ok", "bad_flags", "zero_len", "out_of_bounds", "too_long", "bad_sg_table", "bad_sg_entry")
+
+
+class RingBroken(IoqError):
+    """The peer published an index that cannot be right; the ring is dead."""
+
+
+cdef class Ring:
+    """One end of ring `index` of a region: role 0 produces, 1 consumes.
+
+    wait_fd/kick_fd default to the region's eventfd pair for the ring.
+    poll_us bounds the busy-poll before sleeping in blocking calls.
+    max_len (consumer) refuses buffers or chains longer than this.
+    """
+
+    def __cinit__(self, Region region not None, int index, int role, *, wait_fd=None,
+                  kick_fd=None, poll_us=0, max_len=None):
+        self._open = False
+        self._descs = NULL
+        self._items = NULL
+        self._sg = NULL
+        region._check_open()
+        region._ring_index(index)
+        if role not in (IOQ_ROLE_PRODUCER, IOQ_ROLE_CONSUMER):
+            raise ValueError(f"role must be 0 (producer) or 1 (consumer), not {role}")
+        cdef int wfd = -1, kfd = -1
+        if region.eventfds:
+            pfd, cfd = region.eventfds[index]
+            wfd, kfd = (pfd, cfd) if role == IOQ_ROLE_PRODUCER else (cfd, pfd)
+        if wait_fd is not None:
+            wfd = wait_fd
+        if kick_fd is not None:
+            kfd = kick_fd
+        self.region = region
+        self.index = index
+        self.role = role
+        PyObject_GetBuffer(region._mm, &self._view, PyBUF_WRITABLE)
+        cdef ioq_ring_info_t *info = &region.hdr.rings[index]
+        if ioq_init(&self.r, <char *>self._view.buf, info.offset, info.count,
+                    region.hdr.pool_offset, region.hdr.pool_offset + region.hdr.pool_size,
+                    region.hdr.max_sg, role, wfd, kfd) != 0:
+            PyBuffer_Release(&self._view)
+            raise RingBroken(f"ring {index}: shared indices are inconsistent")
+        if max_len is not None:
+            if not 0 < max_len <= 0xffffffff:
+                PyBuffer_Release(&self._view)
+                raise ValueError(f"max_len {max_len} out of range")
+            self.r.max_len = max_len
+        self._open = True
+        self.poll_us = poll_us
+        pb = region.paired_base(index)
+        self._buf_size = region.hdr.buf_size
+        self._pair_off = 0 if pb is None else region.buffer_offset(pb) if region.hdr.nbufs else 0
+        self._sg_cap = region.hdr.max_sg * 2
+        self._descs = <ioq_desc_t *>malloc(sizeof(ioq_desc_t) * info.count)
+        self._items = <ioq_item_t *>malloc(sizeof(ioq_item_t) * info.count)
+        self._sg = <ioq_sg_t *>malloc(sizeof(ioq_sg_t) * self._sg_cap)
+        if self._descs == NULL or self._items == NULL or self._sg == NULL:
+            raise MemoryError()
+        region._track(self)
+
+    def __dealloc__(self):
+        if self._open:
+            PyBuffer_Release(&self._view)
+        free(self._descs)
+        free(self._items)
+        free(self._sg)
+
+    def close(self):
+        if self._open:
+            self._open = False
+            PyBuffer_Release(&self._view)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    cdef int _live(self) except -1:
+        if not self._open:
+            raise IoqError("ring is closed")
+        if self.r.broken:
+            raise RingBroken(f"ring {self.index}: the peer published an impossible index; "
+                             "the ring must be reset")
+        return 0
+
+    @property
+    def closed(self):
+        return not self._open
+
+    @property
+    def count(self):
+        return self.r.count
+
+    @property
+    def max_len(self):
+        return self.r.max_len
+
+    @property
+    def poll_us(self):
+        return self._poll_ns / 1000.0
+
+    @poll_us.setter
+    def poll_us(self, value):
+        if value < 0:
+            raise ValueError("poll_us must not be negative")
+        self._poll_ns = <int64_t>(value * 1000)
+
+    def fileno(self):
+        """The eventfd this end sleeps on: readable when the peer kicks."""
+        return self.r.sig.wait_fd
+
+    # ---- raw descriptors -------------------------------------------------
+
+    def free(self):
+        """Producer: slots free now."""
+        self._live()
+        return ioq_free(&self.r)
+
+    def ready(self):
+        """Consumer: descriptors ready to pop now."""
+        self._live()
+        return ioq_avail(&self.r)
+
+    def push(self, descs, bint notify=True):
+        """Producer: publish descriptors from a buffer of 32-byte records
+        (ioq.DESC_DTYPE).  Returns how many fitted."""
+        self._require(IOQ_ROLE_PRODUCER)
+        cdef Py_buffer b
+        PyObject_GetBuffer(descs, &b, PyBUF_C_CONTIGUOUS)
+        cdef uint32_t k
+        try:
+            if b.len % sizeof(ioq_desc_t):
+                raise ValueError(f"descriptor buffer of {b.len} bytes is not a whole number of "
+                                 f"{sizeof(ioq_desc_t)}-byte records")
+            k = ioq_push(&self.r, <ioq_desc_t *>b.buf, <uint32_t>(b.len // sizeof(ioq_desc_t)))
+        finally:
+            PyBuffer_Release(&b)
+        if k and notify:
+            shmsig_inject(&self.r.sig)
+        return k
+
+    def pop(self, items, sg=None):
+        """Consumer: copy, validate and return descriptors into a buffer of
+        40-byte records (ioq.ITEM_DTYPE).  Bad ones come back with a nonzero
+        status and are counted.  Indirect lists are copied into `sg` (records
+        of ioq.SG_DTYPE, at least max_sg of them).  Call release() when the
+        buffers may be reused.  Returns the count."""
+        self._require(IOQ_ROLE_CONSUMER)
+        cdef Py_buffer b, s
+        cdef uint32_t k, used = 0
+        cdef bint have_sg = sg is not None
+        PyObject_GetBuffer(items, &b, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+        try:
+            if b.len % sizeof(ioq_item_t):
+                raise ValueError(f"item buffer of {b.len} bytes is not a whole number of "
+                                 f"{sizeof(ioq_item_t)}-byte records")
+            if have_sg:
+                PyObject_GetBuffer(sg, &s, PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+                try:
+                    if s.len // sizeof(ioq_sg_t) < self.r.max_sg:
+                        raise ValueError(f"sg buffer must hold at least max_sg={self.r.max_sg} entries")
+                    k = ioq_pop(&self.r, <ioq_item_t *>b.buf, <uint32_t>(b.len // sizeof(ioq_item_t)),
+                                <ioq_sg_t *>s.buf, <uint32_t>(s.len // sizeof(ioq_sg_t)), &used)
+                finally:
+                    PyBuffer_Release(&s)
+            else:
+                k = ioq_pop(&self.r, <ioq_item_t *>b.buf, <uint32_t>(b.len // sizeof(ioq_item_t)),
+                            NULL, 0, NULL)
+        finally:
+            PyBuffer_Release(&b)
+        return k
+
+    def release(self, bint notify=True):
+        """Consumer: hand popped slots (and paired buffers) back."""
+        self._live()
+        ioq_release(&self.r)
+        if notify:
+            shmsig_inject(&self.r.sig)
+
+    def notify(self):
+        """Wake the peer if it asked to be woken.  True if a kick was sent."""
+        self._live()
+        return shmsig_inject(&self.r.sig) == 1
+
+    def wait(self, timeout=None):
+        """Wait for the peer: data (consumer) or space (producer).  Busy-polls
+        poll_us first.  True if signalled, False on timeout."""
+        self._live()
+        return self._wait(timeout) == 1
+
+    cdef int _wait(self, object timeout) except -1:
+        cdef int64_t tns = -1 if timeout is None else <int64_t>(timeout * 1e9)
+        cdef int rc
+        if tns < -1:
+            raise ValueError("timeout must not be negative")
+        with nogil:
+            rc = shmsig_wait(&self.r.sig, tns, self._poll_ns)
+        if rc == -1:
+            raise OSError(errno, os.strerror(errno) if errno else "ring has no eventfd to sleep on")
+        if rc == -2:
+            raise OSError("eventfd error")
+        return rc
+
+    def _require(self, int role):
+        self._live()
+        if self.role != role:
+            raise IoqError(f"this is the {'producer' if self.role == 0 else 'consumer'} end of the ring")
+
+    # ---- messages over paired buffers ------------------------------------
+
+    cdef int _need_pairs(self) except -1:
+        if self._pair_off == 0:
+            raise IoqError(f"ring {self.index} has no paired buffers; use push()/pop() with your own buffers")
+        return 0
+
+    cdef int _wait_space(self, object timeout) except -1:
+        """Producer: 1 when a slot is free, 0 on timeout."""
+        cdef int64_t deadline_left
+        while ioq_free(&self.r) == 0:
+            if self.r.broken:
+                self._live()
+            if self._wait(timeout) == 0 and ioq_free(&self.r) == 0:
+                return 0
+        return 1
+
+    def put(self, data, timeout=None):
+        """Producer: copy one message into the next paired buffer and publish
+        it.  Blocks while the ring is full; returns False on timeout."""
+        self._require(IOQ_ROLE_PRODUCER)
+        self._need_pairs()
+        cdef const uint8_t[::1] mv
+        cdef const char *src
+        cdef Py_ssize_t n
+        if type(data) is bytes:
+            src = PyBytes_AS_STRING(data)
+            n = len(<bytes>data)
+        else:
+            mv = memoryview(data).cast("B")
+            n = mv.shape[0]
+            src = <const char *>&mv[0] if n else NULL
+        if n == 0 or n > self._buf_size:
+            raise ValueError(f"message of {n} bytes: must be 1 to {self._buf_size} bytes")
+        if ioq_free(&self.r) == 0 and not self._wait_space(timeout):
+            return False
+        cdef ioq_desc_t d
+        d.offset = self._pair_off + <uint64_t>(self.r.head & self.r.mask) * self._buf_size
+        memcpy(self.r.base + d.offset, src, n)
+        d.cookie = self.r.head
+        d.len = <uint32_t>n
+        d.flags = 0
+        d.user = 0
+        d.reserved = 0
+        ioq_push(&self.r, &d, 1)
+        shmsig_inject(&self.r.sig)
+        return True
+
+    def put_batch(self, data, lens=None, timeout=None):
+        """Producer: publish the rows of a C-contiguous 2-D uint8 buffer
+        (one message per row; `lens` gives each row's length, default the
+        row width).  Publishes as many as fit, blocking only while none fit.
+        Returns how many were published (0 on timeout)."""
+        self._require(IOQ_ROLE_PRODUCER)
+        self._need_pairs()
+        cdef Py_buffer b, lb
+        cdef bint have_lens = lens is not None
+        cdef uint32_t i, k, rows, width, ln
+        cdef uint32_t *lp = NULL
+        cdef ioq_desc_t *d
+        cdef uint64_t off
+        PyObject_GetBuffer(data, &b, PyBUF_ND | PyBUF_C_CONTIGUOUS)
+        try:
+            if b.ndim != 2 or b.itemsize != 1:
+                raise ValueError("data must be a C-contiguous 2-D buffer of bytes (rows x width)")
+            rows = <uint32_t>b.shape[0]
+            width = <uint32_t>b.shape[1]
+            if have_lens:
+                PyObject_GetBuffer(lens, &lb, PyBUF_ND | PyBUF_C_CONTIGUOUS)
+                if lb.itemsize != 4 or lb.len // 4 < rows:
+                    PyBuffer_Release(&lb)
+                    raise ValueError("lens must be a uint32 array with one entry per row")
+                lp = <uint32_t *>lb.buf
+            try:
+                if not have_lens and (width == 0 or width > self._buf_size):
+                    raise ValueError(f"rows of {width} bytes: must be 1 to {self._buf_size} bytes")
+                if rows == 0:
+                    return 0
+                if ioq_free(&self.r) == 0 and not self._wait_space(timeout):
+                    return 0
+                k = ioq_free(&self.r)
+                if rows < k:
+                    k = rows
+                for i in range(k):
+                    ln = lp[i] if have_lens else width
+                    if ln == 0 or ln > width or ln > self._buf_size:
+                        if i == 0:
+                            raise ValueError(f"row {i}: length {ln} must be 1 to {min(width, self._buf_size)}")
+                        k = i
+                        break
+                    d = &self._descs[i]
+                    off = self._pair_off + <uint64_t>((self.r.head + i) & self.r.mask) * self._buf_size
+                    memcpy(self.r.base + off, <char *>b.buf + <size_t>i * width, ln)
+                    d.cookie = self.r.head + i
+                    d.offset = off
+                    d.len = ln
+                    d.flags = 0
+                    d.user = 0
+                    d.reserved = 0
+                ioq_push(&self.r, self._descs, k)
+                shmsig_inject(&self.r.sig)
+                return k
+            finally:
+                if have_lens:
+                    PyBuffer_Release(&lb)
+        finally:
+            PyBuffer_Release(&b)
+
+    cdef uint32_t _pop_some(self, uint32_t n, object timeout) except? 0xffffffff:
+        """Consumer: pop up to n items into scratch, waiting while empty."""
+        cdef uint32_t k
+        cdef uint32_t used
+        if n > self.r.count:
+            n = self.r.count
+        while True:
+            k = ioq_pop(&self.r, self._items, n, self._sg, self._sg_cap, &used)
+            if k:
+                return k
+            self._live()
+            if self._wait(timeout) == 0 and ioq_avail(&self.r) == 0:
+                self._live()
+                return 0
+
+    cdef uint32_t _copy_out(self, ioq_item_t *it, char *dst) noexcept:
+        """Copy a validated item's payload (direct or SG) to dst."""
+        cdef uint32_t j, done = 0
+        cdef ioq_sg_t *e
+        if it.sg_count == 0:
+            memcpy(dst, self.r.base + it.offset, it.len)
+            return it.len
+        for j in range(it.sg_count):
+            e = &self._sg[it.sg_first + j]
+            memcpy(dst + done, self.r.base + e.offset, e.len)
+            done += e.len
+        return done
+
+    def get(self, timeout=None):
+        """Consumer: the next message as bytes (copied out of shared memory),
+        or None on timeout.  Bad descriptors are skipped and counted."""
+        self._require(IOQ_ROLE_CONSUMER)
+        cdef ioq_item_t *it
+        cdef bytes out
+        while True:
+            if self._pop_some(1, timeout) == 0:
+                return None
+            it = &self._items[0]
+            if it.status == IOQ_OK:
+                out = PyBytes_FromStringAndSize(NULL, it.len)
+                self._copy_out(it, PyBytes_AS_STRING(out))
+                ioq_release(&self.r)
+                shmsig_inject(&self.r.sig)
+                return out
+            ioq_release(&self.r)
+
+    def get_batch(self, out, lens, timeout=None):
+        """Consumer: copy up to len(out) messages into the rows of a writable
+        C-contiguous 2-D uint8 buffer and their lengths into `lens` (uint32).
+        Waits while the ring is empty; returns the count (0 on timeout).  A
+        message longer than a row stays in the ring and raises ValueError if
+        it is the first."""
+        self._require(IOQ_ROLE_CONSUMER)
+        cdef Py_buffer b, lb
+        cdef uint32_t rows, width, k, i, got = 0, j
+        cdef ioq_item_t *it
+        PyObject_GetBuffer(out, &b, PyBUF_ND | PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+        try:
+            PyObject_GetBuffer(lens, &lb, PyBUF_ND | PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
+            try:
+                if b.ndim != 2 or b.itemsize != 1:
+                    raise ValueError("out must be a writable C-contiguous 2-D buffer of bytes")
+                rows = <uint32_t>b.shape[0]
+                width = <uint32_t>b.shape[1]
+                if lb.itemsize != 4 or lb.len // 4 < rows:
+                    raise ValueError("lens must be a writable uint32 array with one entry per row")
+                if rows == 0:
+                    return 0
+                k = self._pop_some(rows, timeout)
+                for i in range(k):
+                    it = &self._items[i]
+                    if it.status != IOQ_OK:
+                        continue
+                    if it.len > width:
+                        # Give back this item and everything after it.
+                        for j in range(i, k):
+                            if self._items[j].status != IOQ_OK:
+                                self.r.bad[self._items[j].status] -= 1
+                        self.r.head -= k - i
+                        self.r.ops -= k - i
+                        if got == 0 and i == 0:
+                            raise ValueError(f"message of {it.len} bytes does not fit rows of {width}")
+                        break
+                    (<uint32_t *>lb.buf)[got] = self._copy_out(it, <char *>b.buf + <size_t>got * width)
+                    got += 1
+                ioq_release(&self.r)
+                shmsig_inject(&self.r.sig)
+                return got
+            finally:
+                PyBuffer_Release(&lb)
+        finally:
+            PyBuffer_Release(&b)
+
+    def stats(self):
+        """Counters of this end (private to this process)."""
+        s = {
+            "role": "producer" if self.role == 0 else "consumer",
+            "ops": self.r.ops,
+            "ring_full": self.r.full,
+            "bad_index": self.r.bad_index,
+            "broken": bool(self.r.broken),
+            "kicks_sent": self.r.sig.kicks_sent,
+            "kicks_suppressed": self.r.sig.kicks_suppressed,
+            "wakeups": self.r.sig.wakeups,
+            "spurious_wakeups": self.r.sig.spurious,
+            "poll_hits": self.r.sig.poll_hits,
+        }
+        for i in range(1, IOQ_NREASONS):
+            s[BAD_REASONS[i]] = self.r.bad[i]
+        s["bad_total"] = sum(self.r.bad[i] for i in range(1, IOQ_NREASONS))
+        return s

@@ -1,0 +1,247 @@
+# ioq: the lockless single-producer/single-consumer ring, as inline nogil C
+# functions so the pumps and benchmarks compile them into their own loops.
+#
+# Each side keeps private shadows: its own index (head), the last value it
+# loaded of the peer's index (peer), and its own count and mask.  A
+# peer-written index is loaded once, checked against our count, and only the
+# local copy is used.  Each descriptor is copied once into private memory and
+# validated there, so a peer rewriting it after publication changes nothing.
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+from libc.string cimport memcpy
+from shmsignal.includes.atomics cimport *
+from shmsignal.shmsig cimport *
+from ioq.abi cimport *
+
+cdef enum:
+    IOQ_ROLE_PRODUCER = 0
+    IOQ_ROLE_CONSUMER = 1
+
+cdef struct ioq_ring_t:
+    char *base              # local mapping of the region
+    uint64_t pool_lo        # [pool_lo, pool_hi): where buffers may point
+    uint64_t pool_hi
+    uint32_t *prod_p
+    uint32_t *cons_p
+    ioq_desc_t *desc
+    uint32_t count
+    uint32_t mask
+    uint32_t head           # my index: next slot to fill (producer) / read (consumer)
+    uint32_t peer           # last loaded peer index
+    uint32_t released       # consumer: last cons index published
+    uint32_t max_sg
+    uint32_t max_len        # consumer: longest buffer or chain accepted
+    int role
+    int broken              # the peer published an impossible index
+    shmsig_t sig
+    uint64_t ops            # descriptors pushed (producer) or popped (consumer)
+    uint64_t full           # producer: pushes that found the ring full
+    uint64_t bad_index
+    uint64_t bad[7]         # per IOQ_BAD_* reason (index 0 unused)
+
+
+cdef inline uint32_t ioq_free(ioq_ring_t *r) noexcept nogil:
+    """Producer: free slots, refreshing the consumer index only when the
+    cached value says we might be full."""
+    cdef uint32_t used = r.head - r.peer
+    cdef uint32_t c
+    if used < r.count:
+        return r.count - used
+    c = venet_load_acquire_u32(r.cons_p)
+    if <uint32_t>(r.head - c) > r.count:
+        # The consumer claims to have read slots we never wrote.
+        r.bad_index += 1
+        r.broken = 1
+        return 0
+    r.peer = c
+    return r.count - (r.head - c)
+
+
+cdef inline uint32_t ioq_push(ioq_ring_t *r, const ioq_desc_t *d, uint32_t n) noexcept nogil:
+    """Producer: publish up to n descriptors; returns how many fitted."""
+    cdef uint32_t k = ioq_free(r)
+    cdef uint32_t i
+    if n < k:
+        k = n
+    if k == 0:
+        if n:
+            r.full += 1
+        return 0
+    for i in range(k):
+        memcpy(&r.desc[(r.head + i) & r.mask], &d[i], sizeof(ioq_desc_t))
+    r.head += k
+    venet_store_release_u32(r.prod_p, r.head)
+    r.ops += k
+    return k
+
+
+cdef inline ioq_desc_t *ioq_reserve(ioq_ring_t *r, uint32_t *n) noexcept nogil:
+    """Producer, zero-copy: the next slot to fill in place, with n set to how
+    many consecutive slots are free before the ring wraps.  Fill them, then
+    ioq_commit(r, k)."""
+    cdef uint32_t k = ioq_free(r)
+    cdef uint32_t to_end = r.count - (r.head & r.mask)
+    if k > to_end:
+        k = to_end
+    if k < n[0]:
+        n[0] = k
+    return &r.desc[r.head & r.mask]
+
+
+cdef inline void ioq_commit(ioq_ring_t *r, uint32_t k) noexcept nogil:
+    r.head += k
+    venet_store_release_u32(r.prod_p, r.head)
+    r.ops += k
+
+
+cdef inline uint32_t ioq_avail(ioq_ring_t *r) noexcept nogil:
+    """Consumer: descriptors ready to pop (loads the producer index once)."""
+    cdef uint32_t p, ready = r.peer - r.head
+    if ready:
+        return ready
+    p = venet_load_acquire_u32(r.prod_p)
+    ready = p - r.head
+    if ready > r.count:
+        r.bad_index += 1
+        r.broken = 1
+        return 0
+    r.peer = p
+    return ready
+
+
+cdef inline uint32_t ioq_check_span(ioq_ring_t *r, uint64_t off, uint32_t length) noexcept nogil:
+    if length == 0:
+        return IOQ_BAD_ZERO_LEN
+    if off < r.pool_lo or off > r.pool_hi or <uint64_t>length > r.pool_hi - off:
+        return IOQ_BAD_BOUNDS
+    return IOQ_OK
+
+
+cdef inline uint32_t ioq_validate(ioq_ring_t *r, ioq_item_t *it, ioq_sg_t *sg,
+                                  uint32_t sg_room) noexcept nogil:
+    """Validate the private copy in *it.  For an indirect descriptor, copy its
+    entries once into sg[0:count] and validate the copies."""
+    cdef uint32_t n, i, st
+    cdef uint64_t total = 0
+    cdef uint64_t eoff
+    cdef uint32_t elen
+    cdef ioq_sg_t *tbl
+    if it.flags & ~(<uint32_t>IOQ_DESC_F_USER_MASK) & ~(<uint32_t>IOQ_DESC_F_KNOWN):
+        return IOQ_BAD_FLAGS
+    if not (it.flags & IOQ_DESC_F_INDIRECT):
+        st = ioq_check_span(r, it.offset, it.len)
+        if st == IOQ_OK and it.len > r.max_len:
+            return IOQ_BAD_TOO_LONG
+        return st
+    if it.len == 0 or it.len % IOQ_SG_SIZE or (it.offset & 7):
+        return IOQ_BAD_SG_TABLE
+    n = it.len // IOQ_SG_SIZE
+    if n > r.max_sg or n > sg_room or ioq_check_span(r, it.offset, it.len) != IOQ_OK:
+        return IOQ_BAD_SG_TABLE
+    tbl = <ioq_sg_t *>(r.base + it.offset)
+    for i in range(n):
+        # One read of each field; only the copy is used from here on.
+        eoff = venet_load_relaxed_u64(&tbl[i].offset)
+        elen = venet_load_relaxed_u32(&tbl[i].len)
+        sg[i].offset = eoff
+        sg[i].len = elen
+        sg[i].reserved = 0
+        if ioq_check_span(r, eoff, elen) != IOQ_OK:
+            return IOQ_BAD_SG_ENTRY
+        total += elen
+    if total > r.max_len:
+        return IOQ_BAD_TOO_LONG
+    it.sg_count = n
+    it.len = <uint32_t>total
+    return IOQ_OK
+
+
+cdef inline uint32_t ioq_pop(ioq_ring_t *r, ioq_item_t *out, uint32_t n,
+                             ioq_sg_t *sg, uint32_t sg_cap, uint32_t *sg_used) noexcept nogil:
+    """Consumer: copy, validate and return up to n descriptors.  A bad one is
+    returned with its status set and counted, never followed.  The slots are
+    not handed back to the producer until ioq_release().  sg may be NULL
+    (indirect descriptors are then refused as IOQ_BAD_SG_TABLE)."""
+    cdef uint32_t k = ioq_avail(r)
+    cdef uint32_t i, st, used = 0
+    cdef ioq_desc_t d
+    cdef ioq_item_t *it
+    if n < k:
+        k = n
+    for i in range(k):
+        memcpy(&d, &r.desc[(r.head + i) & r.mask], sizeof(ioq_desc_t))
+        it = &out[i]
+        it.cookie = d.cookie
+        it.offset = d.offset
+        it.len = d.len
+        it.flags = d.flags
+        it.user = d.user
+        it.sg_first = used
+        it.sg_count = 0
+        if sg != NULL:
+            st = ioq_validate(r, it, sg + used, sg_cap - used)
+        elif d.flags & IOQ_DESC_F_INDIRECT:
+            st = IOQ_BAD_SG_TABLE
+        else:
+            st = ioq_validate(r, it, NULL, 0)
+        it.status = st
+        if st != IOQ_OK:
+            r.bad[st] += 1
+            it.sg_count = 0
+        used += it.sg_count
+        if sg != NULL and sg_cap - used < r.max_sg and i + 1 < k:
+            # Not enough scratch for another worst-case chain: stop here.
+            k = i + 1
+            break
+    r.head += k
+    r.ops += k
+    if sg_used != NULL:
+        sg_used[0] = used
+    return k
+
+
+cdef inline void ioq_release(ioq_ring_t *r) noexcept nogil:
+    """Consumer: hand every popped slot (and its paired buffer) back."""
+    if r.released != r.head:
+        r.released = r.head
+        venet_store_release_u32(r.cons_p, r.head)
+
+
+cdef inline int ioq_init(ioq_ring_t *r, char *base, uint64_t ring_off, uint32_t count,
+                         uint64_t pool_lo, uint64_t pool_hi, uint32_t max_sg,
+                         int role, int wait_fd, int kick_fd) noexcept nogil:
+    """Bind a private ring state to a ring in a validated region.  The
+    starting indices are the ones in shared memory (a re-attach resumes),
+    checked for consistency; -1 if they are impossible."""
+    cdef uint32_t p, c
+    cdef int i
+    r.base = base
+    r.pool_lo = pool_lo
+    r.pool_hi = pool_hi
+    r.prod_p = <uint32_t *>(base + ring_off + IOQ_RING_PROD_OFF)
+    r.cons_p = <uint32_t *>(base + ring_off + IOQ_RING_CONS_OFF)
+    r.desc = <ioq_desc_t *>(base + ring_off + IOQ_RING_HDR_SIZE)
+    r.count = count
+    r.mask = count - 1
+    r.max_sg = max_sg
+    r.max_len = <uint32_t>(pool_hi - pool_lo) if pool_hi - pool_lo < 0xffffffffu else 0xffffffffu
+    r.role = role
+    r.broken = 0
+    r.ops = 0
+    r.full = 0
+    r.bad_index = 0
+    for i in range(7):
+        r.bad[i] = 0
+    p = venet_load_acquire_u32(r.prod_p)
+    c = venet_load_acquire_u32(r.cons_p)
+    if <uint32_t>(p - c) > count:
+        return -1
+    if role == IOQ_ROLE_PRODUCER:
+        r.head = p
+        r.peer = c
+    else:
+        r.head = c
+        r.peer = c
+    r.released = c
+    shmsig_bind(&r.sig, <shmsig_shared_t *>(base + ring_off + IOQ_RING_SIG_OFF),
+                role, wait_fd, kick_fd)
+    return 0

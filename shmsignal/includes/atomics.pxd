@@ -1,0 +1,18 @@
+# C-level atomics shared by every Cython module that touches shared memory.
+from libc.stdint cimport uint8_t, uint32_t, uint64_t
+
+cdef extern from "atomics.h" nogil:
+    uint32_t venet_load_acquire_u32(const void *p)
+    void venet_store_release_u32(void *p, uint32_t v)
+    uint32_t venet_load_relaxed_u32(const void *p)
+    void venet_store_relaxed_u32(void *p, uint32_t v)
+    uint8_t venet_load_acquire_u8(const void *p)
+    void venet_store_release_u8(void *p, uint8_t v)
+    uint8_t venet_load_relaxed_u8(const void *p)
+    void venet_store_relaxed_u8(void *p, uint8_t v)
+    uint64_t venet_load_relaxed_u64(const void *p)
+    void venet_store_relaxed_u64(void *p, uint64_t v)
+    uint8_t venet_xchg_u8(void *p, uint8_t v)
+    void venet_fence_seq_cst()
+    void venet_cpu_relax()
+    uint64_t venet_now_ns()
