@@ -16,7 +16,7 @@ MODULES = [
     "shmsignal._signal",
     "ioq._region",
     "ioq._ring",
-    # "bench._ringbench",
+    "bench._ringbench",
 ]
 
 

@@ -9,7 +9,7 @@ from ioq._ring import BAD_REASONS, F_INDIRECT, F_USER_MASK, Ring, RingBroken
 
 # The descriptor as it sits in the ring (docs/abi.md).
 DESC_DTYPE = np.dtype([("cookie", "<u8"), ("offset", "<u8"), ("len", "<u4"), ("flags", "<u4"),
-                       ("user", "<u4"), ("reserved", "<u4")])
+                       ("user", "<u4"), ("seq", "<u4")])
 # A popped, validated descriptor (private to the consumer).
 ITEM_DTYPE = np.dtype([("cookie", "<u8"), ("offset", "<u8"), ("len", "<u4"), ("flags", "<u4"),
                        ("user", "<u4"), ("status", "<u4"), ("sg_first", "<u4"), ("sg_count", "<u4")])

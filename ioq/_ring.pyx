@@ -140,7 +140,7 @@ cdef class Ring:
     def free(self):
         """Producer: slots free now."""
         self._live()
-        return ioq_free(&self.r)
+        return ioq_free(&self.r, self.r.count)
 
     def ready(self):
         """Consumer: descriptors ready to pop now."""
@@ -242,10 +242,10 @@ cdef class Ring:
     cdef int _wait_space(self, object timeout) except -1:
         """Producer: 1 when a slot is free, 0 on timeout."""
         cdef int64_t deadline_left
-        while ioq_free(&self.r) == 0:
+        while ioq_free(&self.r, 1) == 0:
             if self.r.broken:
                 self._live()
-            if self._wait(timeout) == 0 and ioq_free(&self.r) == 0:
+            if self._wait(timeout) == 0 and ioq_free(&self.r, 1) == 0:
                 return 0
         return 1
 
@@ -266,7 +266,7 @@ cdef class Ring:
             src = <const char *>&mv[0] if n else NULL
         if n == 0 or n > self._buf_size:
             raise ValueError(f"message of {n} bytes: must be 1 to {self._buf_size} bytes")
-        if ioq_free(&self.r) == 0 and not self._wait_space(timeout):
+        if ioq_free(&self.r, 1) == 0 and not self._wait_space(timeout):
             return False
         cdef ioq_desc_t d
         d.offset = self._pair_off + <uint64_t>(self.r.head & self.r.mask) * self._buf_size
@@ -275,7 +275,7 @@ cdef class Ring:
         d.len = <uint32_t>n
         d.flags = 0
         d.user = 0
-        d.reserved = 0
+        d.seq = 0
         ioq_push(&self.r, &d, 1)
         shmsig_inject(&self.r.sig)
         return True
@@ -310,9 +310,9 @@ cdef class Ring:
                     raise ValueError(f"rows of {width} bytes: must be 1 to {self._buf_size} bytes")
                 if rows == 0:
                     return 0
-                if ioq_free(&self.r) == 0 and not self._wait_space(timeout):
+                if ioq_free(&self.r, 1) == 0 and not self._wait_space(timeout):
                     return 0
-                k = ioq_free(&self.r)
+                k = ioq_free(&self.r, rows)
                 if rows < k:
                     k = rows
                 for i in range(k):
@@ -330,7 +330,7 @@ cdef class Ring:
                     d.len = ln
                     d.flags = 0
                     d.user = 0
-                    d.reserved = 0
+                    d.seq = 0
                 ioq_push(&self.r, self._descs, k)
                 shmsig_inject(&self.r.sig)
                 return k
@@ -351,7 +351,7 @@ cdef class Ring:
             if k:
                 return k
             self._live()
-            if self._wait(timeout) == 0 and ioq_avail(&self.r) == 0:
+            if self._wait(timeout) == 0 and not ioq_peek(&self.r):
                 self._live()
                 return 0
 

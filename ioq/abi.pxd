@@ -4,10 +4,15 @@
 # A region is one sealed memfd:
 #   [region header 320 B][ring 0][ring 1]...[buffer pool]
 # Every ring:
-#   +0    u32 prod            written by the producer only (release)
+#   +0    u32 prod            written by the producer only (advisory count)
 #   +64   u32 cons            written by the consumer only (release)
 #   +128  shmsig_shared_t     side 0 = producer, side 1 = consumer
 #   +320  ioq_desc_t[count]   written by the producer only
+#
+# A slot is published by its seq field (stored last, with release): the
+# consumer expecting position p accepts slot p % count only when seq == p + 1.
+# So the consumer's hot path reads one cache line (the slot), never the
+# producer's index, and a garbage index cannot exist on that side.
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t
 from shmsignal.shmsig cimport shmsig_shared_t
 
@@ -67,7 +72,7 @@ cdef struct ioq_desc_t:
     uint32_t len            # buffer bytes (or SG table bytes, n * 16)
     uint32_t flags          # IOQ_DESC_F_*, user bits 16..31
     uint32_t user           # opaque to ioq (the layer above uses it)
-    uint32_t reserved       # 0
+    uint32_t seq            # position + 1, stored last: publishes the slot
 
 cdef struct ioq_sg_t:
     uint64_t offset

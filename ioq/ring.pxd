@@ -4,7 +4,8 @@
 # Each side keeps private shadows: its own index (head), the last value it
 # loaded of the peer's index (peer), and its own count and mask.  A
 # peer-written index is loaded once, checked against our count, and only the
-# local copy is used.  Each descriptor is copied once into private memory and
+# local copy is used.  The consumer never reads the producer's index: a slot
+# is ready when its seq says so (see ioq/abi.pxd).  Each descriptor is copied once into private memory and
 # validated there, so a peer rewriting it after publication changes nothing.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
@@ -26,7 +27,7 @@ cdef struct ioq_ring_t:
     uint32_t count
     uint32_t mask
     uint32_t head           # my index: next slot to fill (producer) / read (consumer)
-    uint32_t peer           # last loaded peer index
+    uint32_t peer           # producer: last loaded consumer index
     uint32_t released       # consumer: last cons index published
     uint32_t max_sg
     uint32_t max_len        # consumer: longest buffer or chain accepted
@@ -39,12 +40,15 @@ cdef struct ioq_ring_t:
     uint64_t bad[7]         # per IOQ_BAD_* reason (index 0 unused)
 
 
-cdef inline uint32_t ioq_free(ioq_ring_t *r) noexcept nogil:
-    """Producer: free slots, refreshing the consumer index only when the
-    cached value says we might be full."""
+cdef inline uint32_t ioq_free(ioq_ring_t *r, uint32_t want) noexcept nogil:
+    """Producer: free slots, reloading the consumer index only when the
+    cached value shows fewer than `want` (one shared load per refill, not
+    per push)."""
     cdef uint32_t used = r.head - r.peer
     cdef uint32_t c
-    if used < r.count:
+    if r.broken:
+        return 0
+    if r.count - used >= want:
         return r.count - used
     c = venet_load_acquire_u32(r.cons_p)
     if <uint32_t>(r.head - c) > r.count:
@@ -56,10 +60,22 @@ cdef inline uint32_t ioq_free(ioq_ring_t *r) noexcept nogil:
     return r.count - (r.head - c)
 
 
+cdef inline void ioq_publish(ioq_ring_t *r, uint32_t k) noexcept nogil:
+    """Producer: mark k filled slots from head as published, in order."""
+    cdef uint32_t i, pos
+    for i in range(k):
+        pos = r.head + i
+        venet_store_release_u32(&r.desc[pos & r.mask].seq, pos + 1)
+    r.head += k
+    venet_store_release_u32(r.prod_p, r.head)
+    r.ops += k
+
+
 cdef inline uint32_t ioq_push(ioq_ring_t *r, const ioq_desc_t *d, uint32_t n) noexcept nogil:
     """Producer: publish up to n descriptors; returns how many fitted."""
-    cdef uint32_t k = ioq_free(r)
-    cdef uint32_t i
+    cdef uint32_t k = ioq_free(r, n)
+    cdef uint32_t i, pos
+    cdef ioq_desc_t *slot
     if n < k:
         k = n
     if k == 0:
@@ -67,7 +83,14 @@ cdef inline uint32_t ioq_push(ioq_ring_t *r, const ioq_desc_t *d, uint32_t n) no
             r.full += 1
         return 0
     for i in range(k):
-        memcpy(&r.desc[(r.head + i) & r.mask], &d[i], sizeof(ioq_desc_t))
+        pos = r.head + i
+        slot = &r.desc[pos & r.mask]
+        slot.cookie = d[i].cookie
+        slot.offset = d[i].offset
+        slot.len = d[i].len
+        slot.flags = d[i].flags
+        slot.user = d[i].user
+        venet_store_release_u32(&slot.seq, pos + 1)
     r.head += k
     venet_store_release_u32(r.prod_p, r.head)
     r.ops += k
@@ -78,7 +101,7 @@ cdef inline ioq_desc_t *ioq_reserve(ioq_ring_t *r, uint32_t *n) noexcept nogil:
     """Producer, zero-copy: the next slot to fill in place, with n set to how
     many consecutive slots are free before the ring wraps.  Fill them, then
     ioq_commit(r, k)."""
-    cdef uint32_t k = ioq_free(r)
+    cdef uint32_t k = ioq_free(r, n[0])
     cdef uint32_t to_end = r.count - (r.head & r.mask)
     if k > to_end:
         k = to_end
@@ -88,24 +111,21 @@ cdef inline ioq_desc_t *ioq_reserve(ioq_ring_t *r, uint32_t *n) noexcept nogil:
 
 
 cdef inline void ioq_commit(ioq_ring_t *r, uint32_t k) noexcept nogil:
-    r.head += k
-    venet_store_release_u32(r.prod_p, r.head)
-    r.ops += k
+    """Producer: publish k slots filled in place after ioq_reserve."""
+    ioq_publish(r, k)
+
+
+cdef inline bint ioq_peek(ioq_ring_t *r) noexcept nogil:
+    """Consumer: is the next slot published?"""
+    return venet_load_acquire_u32(&r.desc[r.head & r.mask].seq) == r.head + 1
 
 
 cdef inline uint32_t ioq_avail(ioq_ring_t *r) noexcept nogil:
-    """Consumer: descriptors ready to pop (loads the producer index once)."""
-    cdef uint32_t p, ready = r.peer - r.head
-    if ready:
-        return ready
-    p = venet_load_acquire_u32(r.prod_p)
-    ready = p - r.head
-    if ready > r.count:
-        r.bad_index += 1
-        r.broken = 1
-        return 0
-    r.peer = p
-    return ready
+    """Consumer: how many slots are published now (scans the slots)."""
+    cdef uint32_t k = 0
+    while k < r.count and venet_load_acquire_u32(&r.desc[(r.head + k) & r.mask].seq) == r.head + k + 1:
+        k += 1
+    return k
 
 
 cdef inline uint32_t ioq_check_span(ioq_ring_t *r, uint64_t off, uint32_t length) noexcept nogil:
@@ -161,14 +181,19 @@ cdef inline uint32_t ioq_pop(ioq_ring_t *r, ioq_item_t *out, uint32_t n,
     returned with its status set and counted, never followed.  The slots are
     not handed back to the producer until ioq_release().  sg may be NULL
     (indirect descriptors are then refused as IOQ_BAD_SG_TABLE)."""
-    cdef uint32_t k = ioq_avail(r)
+    cdef uint32_t k = 0
     cdef uint32_t i, st, used = 0
     cdef ioq_desc_t d
+    cdef ioq_desc_t *slot
     cdef ioq_item_t *it
-    if n < k:
-        k = n
-    for i in range(k):
-        memcpy(&d, &r.desc[(r.head + i) & r.mask], sizeof(ioq_desc_t))
+    if n > r.count:
+        n = r.count
+    for i in range(n):
+        slot = &r.desc[(r.head + i) & r.mask]
+        if venet_load_acquire_u32(&slot.seq) != r.head + i + 1:
+            break
+        k = i + 1
+        memcpy(&d, slot, sizeof(ioq_desc_t))
         it = &out[i]
         it.cookie = d.cookie
         it.offset = d.offset
@@ -188,9 +213,8 @@ cdef inline uint32_t ioq_pop(ioq_ring_t *r, ioq_item_t *out, uint32_t n,
             r.bad[st] += 1
             it.sg_count = 0
         used += it.sg_count
-        if sg != NULL and sg_cap - used < r.max_sg and i + 1 < k:
+        if sg != NULL and sg_cap - used < r.max_sg:
             # Not enough scratch for another worst-case chain: stop here.
-            k = i + 1
             break
     r.head += k
     r.ops += k

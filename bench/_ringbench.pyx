@@ -1,0 +1,306 @@
+# cython: language_level=3, boundscheck=False, wraparound=False
+"""The benchmark loops, in C with the GIL released, so that what is measured
+is the ring, the signal or the syscall, never the interpreter.
+
+Every ping loop records each round trip (ns) into an int64 buffer; the
+ping side of each pair sends first.  Every loop is bounded by a count and a
+wall-clock deadline so a dead peer cannot hang the benchmark.
+"""
+from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
+from libc.string cimport memcpy, memset
+from libc.errno cimport errno, EINTR, EAGAIN
+from posix.unistd cimport read, write
+from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE
+from shmsignal.includes.atomics cimport *
+from shmsignal.shmsig cimport *
+from ioq.abi cimport *
+from ioq.ring cimport *
+from ioq._ring cimport Ring
+
+cdef enum:
+    MODE_POLL = 0
+    MODE_SIGNAL = 1
+
+DEF DEADLINE_NS = 60_000_000_000
+
+
+cdef int64_t *_ns_buffer(object out, Py_buffer *b, Py_ssize_t n) except NULL:
+    PyObject_GetBuffer(out, b, PyBUF_WRITABLE)
+    if b.len < n * 8:
+        PyBuffer_Release(b)
+        raise ValueError("output buffer too small")
+    return <int64_t *>b.buf
+
+
+# ---- bare busy-poll on one shared cache line: the limit -------------------
+
+def spin_ping(buf, Py_ssize_t n, out):
+    """buf: a MAP_SHARED buffer of at least 64 bytes, zeroed."""
+    cdef Py_buffer b, o
+    PyObject_GetBuffer(buf, &b, PyBUF_WRITABLE)
+    cdef int64_t *ns = _ns_buffer(out, &o, n)
+    cdef uint32_t *line = <uint32_t *>b.buf
+    cdef Py_ssize_t i
+    cdef uint64_t t0, deadline = venet_now_ns() + DEADLINE_NS
+    cdef int ok = 1
+    cdef unsigned int spins = 0
+    with nogil:
+        for i in range(n):
+            t0 = venet_now_ns()
+            venet_store_release_u32(line, <uint32_t>(2 * i + 1))
+            while venet_load_acquire_u32(line) != <uint32_t>(2 * i + 2):
+                venet_cpu_relax()
+                spins += 1
+                if (spins & 4095) == 0 and venet_now_ns() > deadline:
+                    ok = 0
+                    break
+            if not ok:
+                break
+            ns[i] = <int64_t>(venet_now_ns() - t0)
+    PyBuffer_Release(&o)
+    PyBuffer_Release(&b)
+    if not ok:
+        raise TimeoutError("spin peer did not answer")
+
+
+def spin_pong(buf, Py_ssize_t n):
+    cdef Py_buffer b
+    PyObject_GetBuffer(buf, &b, PyBUF_WRITABLE)
+    cdef uint32_t *line = <uint32_t *>b.buf
+    cdef Py_ssize_t i
+    cdef uint64_t deadline = venet_now_ns() + DEADLINE_NS
+    cdef unsigned int spins = 0
+    with nogil:
+        for i in range(n):
+            while venet_load_acquire_u32(line) != <uint32_t>(2 * i + 1):
+                venet_cpu_relax()
+                spins += 1
+                if (spins & 1023) == 0 and venet_now_ns() > deadline:
+                    break
+            venet_store_release_u32(line, <uint32_t>(2 * i + 2))
+    PyBuffer_Release(&b)
+
+
+# ---- fd ping-pong: eventfd (8-byte counter) or pipe (1 byte) --------------
+
+cdef int _fd_xfer(int fd, bint is_write, int size) noexcept nogil:
+    cdef uint64_t v = 1
+    cdef ssize_t r
+    while True:
+        r = write(fd, &v, size) if is_write else read(fd, &v, size)
+        if r == size:
+            return 0
+        if r < 0 and errno == EINTR:
+            continue
+        return -1
+
+
+def fd_ping(int wfd, int rfd, int size, Py_ssize_t n, out):
+    cdef Py_buffer o
+    cdef int64_t *ns = _ns_buffer(out, &o, n)
+    cdef Py_ssize_t i
+    cdef uint64_t t0
+    cdef int err = 0
+    with nogil:
+        for i in range(n):
+            t0 = venet_now_ns()
+            if _fd_xfer(wfd, True, size) or _fd_xfer(rfd, False, size):
+                err = 1
+                break
+            ns[i] = <int64_t>(venet_now_ns() - t0)
+    PyBuffer_Release(&o)
+    if err:
+        raise OSError(errno, "fd ping-pong failed")
+
+
+def fd_pong(int rfd, int wfd, int size, Py_ssize_t n):
+    cdef Py_ssize_t i
+    with nogil:
+        for i in range(n):
+            if _fd_xfer(rfd, False, size) or _fd_xfer(wfd, True, size):
+                break
+
+
+# ---- ioq ping-pong --------------------------------------------------------
+
+cdef inline int _ring_send1(ioq_ring_t *r, uint64_t seq, uint64_t buf_off, int mode) noexcept nogil:
+    cdef ioq_desc_t d
+    d.cookie = seq
+    d.offset = buf_off
+    d.len = 64
+    d.flags = 0
+    d.user = 0
+    d.seq = 0
+    (<uint64_t *>(r.base + buf_off))[0] = seq
+    if ioq_push(r, &d, 1) != 1:
+        return -1
+    if mode == MODE_SIGNAL:
+        shmsig_inject(&r.sig)
+    return 0
+
+
+cdef inline int _ring_recv1(ioq_ring_t *r, uint64_t seq, int mode, uint64_t deadline) noexcept nogil:
+    """Wait for one descriptor; 0 if it carries `seq`, -1 on error/timeout."""
+    cdef ioq_item_t it
+    cdef unsigned int spins = 0
+    cdef int rc
+    while True:
+        if ioq_pop(r, &it, 1, NULL, 0, NULL) == 1:
+            ioq_release(r)
+            return 0 if it.status == IOQ_OK and it.cookie == seq else -1
+        if mode == MODE_POLL:
+            venet_cpu_relax()
+            spins += 1
+            if (spins & 4095) == 0 and venet_now_ns() > deadline:
+                return -1
+        else:
+            rc = shmsig_wait(&r.sig, 5_000_000_000, 0)
+            if rc <= 0 and venet_now_ns() > deadline:
+                return -1
+
+
+def ring_ping(Ring tx, Ring rx, Py_ssize_t n, out, int mode, uint64_t buf_off):
+    cdef Py_buffer o
+    cdef int64_t *ns = _ns_buffer(out, &o, n)
+    cdef Py_ssize_t i
+    cdef uint64_t t0, deadline = venet_now_ns() + DEADLINE_NS
+    cdef int err = 0
+    with nogil:
+        for i in range(n):
+            t0 = venet_now_ns()
+            if _ring_send1(&tx.r, i, buf_off, mode) or _ring_recv1(&rx.r, i, mode, deadline):
+                err = 1
+                break
+            ns[i] = <int64_t>(venet_now_ns() - t0)
+    PyBuffer_Release(&o)
+    if err:
+        raise RuntimeError(f"ring ping-pong failed at round trip {i}")
+
+
+def ring_pong(Ring rx, Ring tx, Py_ssize_t n, int mode, uint64_t buf_off):
+    cdef Py_ssize_t i
+    cdef uint64_t deadline = venet_now_ns() + DEADLINE_NS
+    cdef int err = 0
+    with nogil:
+        for i in range(n):
+            if _ring_recv1(&rx.r, i, mode, deadline) or _ring_send1(&tx.r, i, buf_off, mode):
+                err = 1
+                break
+    if err:
+        raise RuntimeError(f"ring pong failed at {i}")
+
+
+# ---- ioq stream: 64-byte payloads copied into paired buffers --------------
+
+cdef inline uint64_t _mix(uint64_t x) noexcept nogil:
+    # splitmix64 finaliser: the payload pattern is a function of the sequence
+    x ^= x >> 30
+    x *= <uint64_t>0xbf58476d1ce4e5b9ULL
+    x ^= x >> 27
+    x *= <uint64_t>0x94d049bb133111ebULL
+    x ^= x >> 31
+    return x
+
+
+cdef inline void _fill(uint8_t *p, uint64_t seq, uint32_t size) noexcept nogil:
+    cdef uint32_t w
+    (<uint64_t *>p)[0] = seq
+    for w in range(1, size // 8):
+        (<uint64_t *>p)[w] = _mix(seq * 8 + w)
+
+
+cdef inline bint _check(const uint8_t *p, uint64_t seq, uint32_t size) noexcept nogil:
+    cdef uint32_t w
+    if (<const uint64_t *>p)[0] != seq:
+        return False
+    for w in range(1, size // 8):
+        if (<const uint64_t *>p)[w] != _mix(seq * 8 + w):
+            return False
+    return True
+
+
+def ring_stream_send(Ring tx, uint64_t total, uint32_t batch, uint64_t pair_off, uint32_t buf_size,
+                     uint32_t msg_size=64, int mode=MODE_POLL, int64_t poll_ns=0, bint verify=False):
+    """Push `total` messages in batches.  Each payload starts with its
+    sequence number; with verify the rest is a function of it (checked by
+    the receiver).  MODE_POLL spins while full; MODE_SIGNAL injects after
+    each batch and sleeps on the signal while full."""
+    cdef ioq_ring_t *r = &tx.r
+    cdef uint64_t seq = 0, off, deadline = venet_now_ns() + DEADLINE_NS
+    cdef uint32_t k, i, want
+    cdef ioq_desc_t *d
+    cdef uint8_t payload[256]
+    cdef unsigned int spins = 0
+    if batch > r.count or batch == 0 or msg_size < 8 or msg_size > 256 or msg_size > buf_size \
+            or msg_size % 8:
+        raise ValueError("bad batch or message size")
+    memset(payload, 0xa5, 256)
+    with nogil:
+        while seq < total:
+            want = batch if total - seq >= batch else <uint32_t>(total - seq)
+            k = want
+            d = ioq_reserve(r, &k)
+            if k == 0:
+                if venet_now_ns() > deadline:
+                    break
+                if mode == MODE_POLL:
+                    venet_cpu_relax()
+                else:
+                    shmsig_wait(&r.sig, 1_000_000_000, poll_ns)
+                continue
+            for i in range(k):
+                off = pair_off + <uint64_t>((r.head + i) & r.mask) * buf_size
+                if verify:
+                    _fill(<uint8_t *>(r.base + off), seq + i, msg_size)
+                else:
+                    (<uint64_t *>payload)[0] = seq + i
+                    memcpy(r.base + off, payload, msg_size)
+                d[i].cookie = seq + i
+                d[i].offset = off
+                d[i].len = msg_size
+                d[i].flags = 0
+                d[i].user = 0
+            ioq_commit(r, k)
+            if mode == MODE_SIGNAL:
+                shmsig_inject(&r.sig)
+            seq += k
+    return seq
+
+
+def ring_stream_recv(Ring rx, uint64_t total, uint32_t batch, int mode=MODE_POLL,
+                     int64_t poll_ns=0, bint verify=False):
+    """Pop `total` messages in batches of up to `batch`, checking that each
+    carries the next sequence number (and, with verify, its whole payload).
+    Returns (received, errors)."""
+    cdef ioq_ring_t *r = &rx.r
+    cdef uint64_t seq = 0, errors = 0, deadline = venet_now_ns() + DEADLINE_NS
+    cdef uint32_t k, i
+    cdef ioq_item_t items[256]
+    cdef const uint8_t *p
+    if batch > 256 or batch == 0:
+        raise ValueError("batch must be 1..256")
+    with nogil:
+        while seq < total:
+            k = ioq_pop(r, items, batch, NULL, 0, NULL)
+            if k == 0:
+                if venet_now_ns() > deadline:
+                    break
+                if mode == MODE_POLL:
+                    venet_cpu_relax()
+                else:
+                    shmsig_wait(&r.sig, 1_000_000_000, poll_ns)
+                continue
+            for i in range(k):
+                p = <const uint8_t *>(r.base + items[i].offset)
+                if items[i].status != IOQ_OK or items[i].cookie != seq:
+                    errors += 1
+                elif verify:
+                    if not _check(p, seq, items[i].len):
+                        errors += 1
+                elif (<const uint64_t *>p)[0] != seq:
+                    errors += 1
+                seq += 1
+            ioq_release(r)
+            if mode == MODE_SIGNAL:
+                shmsig_inject(&r.sig)
+    return seq, errors

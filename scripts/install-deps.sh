@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Install what venet needs on a Debian machine: a C compiler and Python
+# headers, iproute2 (the tests make namespaces), and the Python packages.
+# Idempotent and quiet when everything is already there.
+set -euo pipefail
+here=$(cd "$(dirname "$0")/.." && pwd)
+PY=${PY:-python3}
+
+need_apt=()
+command -v gcc >/dev/null || need_apt+=(gcc)
+command -v ip >/dev/null || need_apt+=(iproute2)
+command -v ping >/dev/null || need_apt+=(iputils-ping)
+if [ ${#need_apt[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ]; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}" >/dev/null
+  else
+    echo "install-deps: missing ${need_apt[*]}; run as root or install them" >&2
+  fi
+fi
+
+if ! "$PY" -c "import Cython, numpy, pyroute2, scapy, pytest, pytest_benchmark, hypothesis, faster_fifo" 2>/dev/null; then
+  "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore \
+    "Cython>=3.0" "numpy>=1.24" "pyroute2>=0.9" "scapy>=2.5" "pytest>=7" \
+    "pytest-benchmark>=4" "hypothesis>=6" "faster-fifo>=1.4" "setuptools>=64" wheel
+fi

@@ -1,0 +1,42 @@
+import json
+import subprocess
+import sys
+
+import pytest
+
+from venet.cli import main
+
+
+def run(*args):
+    return subprocess.run([sys.executable, "-m", "venet", *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["bench", "ring", "--cpus", "x"], "--cpus wants two CPU numbers"),
+    (["bench", "ring", "--cpus", "0,999"], "CPU 999 is not available"),
+    (["bench", "nothing"], "invalid choice"),
+    ([], "required"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, msg):
+    r = run(*args)
+    assert r.returncode == 2
+    assert msg in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_bench_ring_quick_json(tmp_path):
+    """Smoke: the whole ring benchmark, a tenth of the counts."""
+    out = tmp_path / "ring.json"
+    r = run("bench", "ring", "--quick", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    names = {row["name"] for row in rows}
+    for need in ["ioq-pingpong-poll", "ioq-pingpong-signal", "spin-pingpong-c", "eventfd-pingpong",
+                 "pipe-pingpong", "mp-pipe-pingpong", "ioq-stream-b1", "ioq-stream-b32",
+                 "ioq-stream-b256", "ioq-stream-py-b1", "ioq-stream-py-b32", "faster-fifo-b1",
+                 "faster-fifo-b32"]:
+        assert need in names
+    for row in rows:
+        assert row["value"] is None or row["value"] > 0
+    assert "ioq-pingpong-poll" in r.stdout

@@ -1,0 +1,131 @@
+import mmap
+import os
+import time
+
+import pytest
+
+import shmsignal
+from shmsignal import Signal, SignalError, new_eventfd
+
+
+@pytest.fixture
+def pair():
+    m = mmap.mmap(-1, 4096, mmap.MAP_SHARED)
+    a, b = new_eventfd(), new_eventfd()
+    s0 = Signal(m, 64, 0, wait_fd=a, kick_fd=b, init=True)
+    s1 = Signal(m, 64, 1, wait_fd=b, kick_fd=a)
+    yield s0, s1
+    del s0, s1
+    os.close(a)
+    os.close(b)
+
+
+def test_layout_constants():
+    assert shmsignal.SIZE == 192 and shmsignal.ALIGN == 64
+
+
+def test_inject_suppressed_while_peer_not_waiting(pair):
+    s0, s1 = pair
+    assert s0.inject() is False            # peer did not ask to be woken
+    assert s1.flags()[1]["dirty"] == 1
+    assert s0.inject() is False
+    assert s0.stats()["kicks_suppressed"] == 2 and s0.stats()["kicks_sent"] == 0
+    assert s1.take() is True and s1.take() is False
+
+
+def test_inject_kicks_once_when_enabled(pair):
+    s0, s1 = pair
+    assert s1.enable() is False
+    assert s0.inject() is True
+    assert s0.inject() is False            # kick pending: no second kick
+    assert s0.stats()["kicks_sent"] == 1
+    assert s1.wait(timeout=1) is True
+    assert s1.flags()[1]["pending"] in (0, 1)
+
+
+def test_enable_reports_work_that_arrived_while_disabled(pair):
+    s0, s1 = pair
+    s0.inject()
+    assert s1.enable() is True             # the re-check that prevents lost wake-ups
+
+
+def test_wait_timeout_and_poll(pair):
+    s0, s1 = pair
+    t = time.monotonic()
+    assert s1.wait(timeout=0.05) is False
+    assert time.monotonic() - t >= 0.04
+    s0.inject()
+    assert s1.wait(timeout=0, poll_us=10) is True
+    assert s1.wait(timeout=0.0) is False
+
+
+def test_wait_wakes_on_kick_from_another_process(pair):
+    s0, s1 = pair
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(0.05)
+        s0.inject()
+        os._exit(0)
+    try:
+        assert s1.wait(timeout=5) is True
+        assert s1.stats()["wakeups"] == 1
+    finally:
+        os.waitpid(pid, 0)
+
+
+def test_no_lost_wakeups_across_processes(pair):
+    """The peer waits for each of N numbered signals with no busy-poll;
+    a lost wake-up would stall it until the timeout."""
+    s0, s1 = pair
+    n = 3000
+    m = mmap.mmap(-1, 4096, mmap.MAP_SHARED)
+    counter = memoryview(m).cast("Q")
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            seen = 0
+            deadline = time.monotonic() + 20
+            while seen < n and time.monotonic() < deadline:
+                if counter[0] > seen:
+                    seen = counter[0]
+                    continue
+                s1.wait(timeout=2)
+            code = 0 if seen == n else 1
+        finally:
+            os._exit(code)
+    for i in range(1, n + 1):
+        counter[0] = i
+        s0.inject()
+        if i % 7 == 0:
+            time.sleep(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    counter.release()
+
+
+@pytest.mark.parametrize("offset,err", [(-1, "does not fit"), (4000, "does not fit"),
+                                        (65, "aligned")])
+def test_bad_placement(offset, err):
+    m = mmap.mmap(-1, 4096, mmap.MAP_SHARED)
+    with pytest.raises(SignalError, match=err):
+        Signal(m, offset, 0)
+
+
+def test_bad_magic_and_side():
+    m = mmap.mmap(-1, 4096, mmap.MAP_SHARED)
+    with pytest.raises(SignalError, match="magic"):
+        Signal(m, 0, 0)
+    with pytest.raises(ValueError, match="side"):
+        Signal(m, 0, 2, init=True)
+    Signal(m, 0, 0, init=True)
+    m[4:8] = (99).to_bytes(4, "little")
+    with pytest.raises(SignalError, match="version"):
+        Signal(m, 0, 0)
+
+
+def test_wait_without_fd_raises():
+    m = mmap.mmap(-1, 4096, mmap.MAP_SHARED)
+    s = Signal(m, 0, 0, init=True)
+    with pytest.raises(OSError):
+        s.wait(timeout=0.01)

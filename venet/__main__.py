@@ -1,0 +1,5 @@
+import sys
+
+from venet.cli import main
+
+sys.exit(main())
