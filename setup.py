@@ -17,6 +17,7 @@ MODULES = [
     "ioq._region",
     "ioq._ring",
     "bench._ringbench",
+    "venet.devices._pump",
 ]
 
 

@@ -208,6 +208,16 @@ cdef class Ring:
         self._live()
         return shmsig_inject(&self.r.sig) == 1
 
+    def arm(self):
+        """Drain this end's eventfd and ask to be kicked, so that fileno()
+        becomes readable on the peer's next inject (for select/epoll users).
+        Returns True if work is already there: consume it instead of waiting."""
+        self._live()
+        shmsig_ack(&self.r.sig)
+        if shmsig_enable(&self.r.sig) or (self.role == IOQ_ROLE_CONSUMER and ioq_peek(&self.r)):
+            return True
+        return False
+
     def wait(self, timeout=None):
         """Wait for the peer: data (consumer) or space (producer).  Busy-polls
         poll_us first.  True if signalled, False on timeout."""

@@ -41,7 +41,126 @@ def build_parser():
                       help="pin the two processes to CPUs A and B (default 0,1)")
     ring.add_argument("--quick", action="store_true", help="a tenth of the counts (smoke runs)")
     ring.set_defaults(func=_cmd_bench_ring)
+
+    br = sub.add_parser("bridge", help="the backend: a tap device served on a control socket")
+    br.add_argument("--tap", required=True, type=_ifname, help="tap to create (or open if it exists)")
+    br.add_argument("--netns", type=_netns, help="network namespace of the tap")
+    br.add_argument("--socket", default=DEFAULT_SOCKET, type=_sockpath, metavar="PATH",
+                    help=f"control socket (default {DEFAULT_SOCKET})")
+    br.add_argument("--mtu", type=_mtu, help="MTU (68..9000)")
+    br.add_argument("--mac", type=_mac, help="MAC address of the device (unicast)")
+    br.add_argument("--master", type=_ifname, help="attach the tap to this Linux bridge")
+    br.add_argument("--poll-us", type=_poll, default=0, metavar="N",
+                    help="busy-poll up to N us before sleeping (default 0: never)")
+    br.add_argument("--group", type=_group, help="let this group use the socket (mode 0660)")
+    br.add_argument("--device", help="device name on the bus (default: the tap name)")
+    br.set_defaults(func=_cmd_bridge)
+
+    at = sub.add_parser("attach", help="a frontend that shows the device as a tap of its own")
+    at.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH")
+    at.add_argument("--device", help="device to open (default: the only one)")
+    at.add_argument("--tap", required=True, type=_ifname)
+    at.add_argument("--netns", type=_netns)
+    at.add_argument("--poll-us", type=_poll, default=0, metavar="N")
+    at.set_defaults(func=_cmd_attach)
+
+    st = sub.add_parser("stats", help="per-device counters of a running bridge")
+    st.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH")
+    st.add_argument("--json", action="store_true", help="print JSON")
+    st.set_defaults(func=_cmd_stats)
+
+    dm = sub.add_parser("demo", help="two namespaces pinging through bridge + attach")
+    dm.add_argument("--count", type=int, default=20, help="pings (default 20)")
+    dm.add_argument("--poll-us", type=_poll, default=0, metavar="N")
+    dm.set_defaults(func=_cmd_demo)
     return p
+
+
+DEFAULT_SOCKET = "/run/venet/venet.sock"
+
+
+def _ifname(text):
+    from venet.devices.tap import TapError, check_name
+    try:
+        return check_name(text)
+    except TapError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def _netns(text):
+    import os
+    if "/" in text or not text or not os.path.exists(f"/run/netns/{text}"):
+        raise argparse.ArgumentTypeError(f"network namespace {text!r} does not exist")
+    return text
+
+
+def _sockpath(text):
+    import os
+    d = os.path.dirname(os.path.abspath(text)) or "/"
+    if len(text.encode()) > 107:
+        raise argparse.ArgumentTypeError("socket path is longer than 107 bytes")
+    if not os.path.isdir(d) and d != "/run/venet":
+        raise argparse.ArgumentTypeError(f"directory {d} does not exist")
+    return text
+
+
+def _mtu(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"MTU must be a number, not {text!r}")
+    if not 68 <= v <= 9000:
+        raise argparse.ArgumentTypeError(f"MTU {v} is out of range 68..9000")
+    return v
+
+
+def _mac(text):
+    import re
+    if not re.fullmatch(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}", text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a MAC address like 02:00:00:00:00:01")
+    if int(text[:2], 16) & 1:
+        raise argparse.ArgumentTypeError(f"{text} is a multicast address; a device needs a unicast one")
+    if text.replace(":", "") in ("000000000000",):
+        raise argparse.ArgumentTypeError("the all-zero MAC address is not allowed")
+    return text.lower()
+
+
+def _poll(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--poll-us must be a number, not {text!r}")
+    if not 0 <= v <= 1_000_000:
+        raise argparse.ArgumentTypeError("--poll-us must be 0..1000000")
+    return v
+
+
+def _group(text):
+    import grp
+    try:
+        return int(text) if text.isdigit() else grp.getgrnam(text).gr_gid
+    except KeyError:
+        raise argparse.ArgumentTypeError(f"no group {text!r}")
+
+
+def _cmd_bridge(args):
+    from venet import service
+    return service.run_bridge(args)
+
+
+def _cmd_attach(args):
+    from venet import service
+    return service.run_attach(args)
+
+
+def _cmd_stats(args):
+    from venet import service
+    return service.run_stats(args)
+
+
+def _cmd_demo(args):
+    from venet import demo
+    return demo.run(args)
 
 
 def _cmd_bench_ring(args):

@@ -1,0 +1,39 @@
+"""`venet attach`: a frontend that shows its device as a tap of its own
+(in another namespace), pumped by the same Cython loop as the backend."""
+import threading
+
+from venet import abi
+from venet.devices import tap as taplib
+from venet.devices._pump import Pump
+
+
+class Attachment:
+    def __init__(self, device, tap_name, poll_us=0):
+        self.device = device
+        self.tap_fd, self.created = taplib.open_tap(tap_name)
+        self.tap_name = tap_name
+        try:
+            taplib.configure(tap_name, mtu=device.mtu, up=True)
+            # in = RX ring (frames for our tap), out = TX ring (frames from it)
+            self.pump = Pump(device.rx, device.tx, self.tap_fd, poll_us=poll_us)
+        except BaseException:
+            import os
+            os.close(self.tap_fd)
+            raise
+        self.result = None
+        self.thread = threading.Thread(target=self._run, name="attach-pump", daemon=True)
+
+    def _run(self):
+        self.result = self.pump.run()
+
+    def start(self):
+        self.thread.start()
+
+    def stop(self):
+        self.pump.stop()
+        self.thread.join(timeout=5)
+
+    def close(self):
+        import os
+        self.stop()
+        os.close(self.tap_fd)

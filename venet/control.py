@@ -1,0 +1,132 @@
+"""The control channel: length-checked messages over a Unix SOCK_SEQPACKET
+socket, file descriptors passed with SCM_RIGHTS.
+
+Wire format of one message (one datagram):
+    magic b"VN" | u8 version | u8 type | u32 body length | body (UTF-8 JSON object)
+The body length must equal the datagram's remainder and be at most
+MAX_BODY.  Anything else is a protocol error: the receiver closes that
+connection with a logged reason.  One socket is one bus: a frontend sees
+only the devices of the bus it connected to.
+"""
+import array
+import json
+import socket
+import struct
+
+MAGIC = b"VN"
+VERSION = 1
+HDR = struct.Struct("<2sBBI")
+MAX_BODY = 8192
+MAX_FDS = 16
+
+HELLO, LIST, OPEN, NEGCAP, REGISTER, LINKUP, LINKDOWN, MACQUERY, CLOSE, STATS, FLUSHRX = range(1, 12)
+REPLY, ERROR, EVENT = 64, 65, 66
+NAMES = {HELLO: "hello", LIST: "list", OPEN: "open", NEGCAP: "negcap", REGISTER: "register",
+         LINKUP: "linkup", LINKDOWN: "linkdown", MACQUERY: "macquery", CLOSE: "close",
+         STATS: "stats", FLUSHRX: "flushrx", REPLY: "reply", ERROR: "error", EVENT: "event"}
+
+
+class ProtocolError(Exception):
+    """A malformed or out-of-order message: the connection must be closed."""
+
+
+class RemoteError(Exception):
+    """The other side refused a request (its reason is the message)."""
+
+
+class Disconnected(ConnectionError):
+    """The other side closed the control connection."""
+
+
+def encode(mtype, body):
+    data = json.dumps(body, separators=(",", ":")).encode()
+    if len(data) > MAX_BODY:
+        raise ValueError(f"control message body of {len(data)} bytes exceeds {MAX_BODY}")
+    return HDR.pack(MAGIC, VERSION, mtype, len(data)) + data
+
+
+def send(sock, mtype, body=None, fds=()):
+    msg = encode(mtype, body or {})
+    if fds:
+        sock.sendmsg([msg], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds))])
+    else:
+        sock.send(msg)
+
+
+def _close_all(fds):
+    import os
+    for fd in fds:
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+
+
+def recv(sock):
+    """(type, body dict, fds).  Raises Disconnected on EOF, ProtocolError on
+    anything malformed (received fds are closed first)."""
+    data, anc, flags, _ = sock.recvmsg(HDR.size + MAX_BODY + 1, socket.CMSG_SPACE(MAX_FDS * 4))
+    fds = []
+    for level, ctype, cdata in anc:
+        if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
+            a = array.array("i")
+            a.frombytes(cdata[: len(cdata) - len(cdata) % a.itemsize])
+            fds.extend(a)
+    try:
+        if not data and not anc:
+            raise Disconnected("control connection closed")
+        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+            raise ProtocolError("message or its file descriptors were truncated")
+        if len(data) < HDR.size:
+            raise ProtocolError(f"message of {len(data)} bytes is shorter than the header")
+        magic, version, mtype, blen = HDR.unpack_from(data)
+        if magic != MAGIC:
+            raise ProtocolError(f"bad magic {magic!r}")
+        if version != VERSION:
+            raise ProtocolError(f"protocol version {version}, expected {VERSION}")
+        if blen != len(data) - HDR.size:
+            raise ProtocolError(f"body length {blen} does not match the {len(data) - HDR.size} bytes sent")
+        try:
+            body = json.loads(data[HDR.size:].decode())
+        except (UnicodeDecodeError, ValueError):
+            raise ProtocolError("body is not valid JSON") from None
+        if not isinstance(body, dict):
+            raise ProtocolError("body is not a JSON object")
+        return mtype, body, fds
+    except BaseException:
+        _close_all(fds)
+        raise
+
+
+def field(body, name, kind, *, lo=None, hi=None, optional=False, default=None):
+    """A typed field of a message body, checked; ProtocolError if wrong."""
+    if name not in body:
+        if optional:
+            return default
+        raise ProtocolError(f"missing field {name!r}")
+    v = body[name]
+    if kind is int and (isinstance(v, bool) or not isinstance(v, int)):
+        raise ProtocolError(f"field {name!r} must be an integer")
+    if kind is str and not isinstance(v, str):
+        raise ProtocolError(f"field {name!r} must be a string")
+    if kind is int and ((lo is not None and v < lo) or (hi is not None and v > hi)):
+        raise ProtocolError(f"field {name!r}={v} out of range {lo}..{hi}")
+    if kind is str and hi is not None and len(v) > hi:
+        raise ProtocolError(f"field {name!r} longer than {hi}")
+    return v
+
+
+def call(sock, mtype, body=None, fds=()):
+    """Send a request and wait for its reply body (events that arrive in
+    between are returned to `on_event` callers via the reply's 'events')."""
+    send(sock, mtype, body, fds)
+    while True:
+        rtype, rbody, rfds = recv(sock)
+        _close_all(rfds)
+        if rtype == REPLY:
+            return rbody
+        if rtype == ERROR:
+            raise RemoteError(rbody.get("error", "request refused"))
+        if rtype == EVENT:
+            continue
+        raise ProtocolError(f"unexpected {NAMES.get(rtype, rtype)} while waiting for a reply")

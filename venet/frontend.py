@@ -1,0 +1,225 @@
+"""The frontend (the vbus-enet driver, in a process of its own).
+
+    with venet.connect("/run/venet.sock") as bus:
+        dev = bus.open("vt0")
+        dev.send(frame)
+        frame = dev.recv(timeout=1)
+
+The frontend creates and seals the device memory, registers it with the
+backend and brings the link up.  It needs no privileges beyond access to
+the control socket.
+"""
+import os
+import select
+import socket
+import struct
+import time
+
+import numpy as np
+
+import ioq
+from venet import abi, control
+
+# How often a blocked recv() looks at the control socket for a dead backend.
+_LIVENESS_SLICE = 0.2
+
+
+class LinkDown(ConnectionError):
+    """The device's link is down: the backend went away or took it down."""
+
+
+def connect(path, timeout=5.0):
+    """Connect to the bus served on `path`."""
+    return Bus(path, timeout)
+
+
+class Bus:
+    def __init__(self, path, timeout=5.0):
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET | socket.SOCK_CLOEXEC)
+        self.sock.settimeout(timeout)
+        try:
+            self.sock.connect(path)
+        except FileNotFoundError:
+            self.sock.close()
+            raise FileNotFoundError(f"no venet bridge socket at {path}") from None
+        except PermissionError:
+            self.sock.close()
+            raise PermissionError(f"not allowed to connect to {path} (ask for its group)") from None
+        hello = control.call(self.sock, control.HELLO, {"version": control.VERSION})
+        self.bus = hello.get("bus")
+        self.devices = {}
+
+    def list(self):
+        return control.call(self.sock, control.LIST)["devices"]
+
+    def stats(self):
+        return control.call(self.sock, control.STATS)
+
+    def open(self, name=None, *, ring_size=abi.DEFAULT_RING, poll_us=0):
+        """Open a device (the only one if name is None) and bring its link up."""
+        if name is None:
+            devs = self.list()
+            if len(devs) != 1:
+                raise ValueError(f"the bus has {len(devs)} devices; name one")
+            name = devs[0]["name"]
+        dev = Device(self, name, ring_size, poll_us)
+        self.devices[name] = dev
+        return dev
+
+    def close(self):
+        for d in list(self.devices.values()):
+            d.close()
+        self.sock.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class Device:
+    def __init__(self, bus, name, ring_size, poll_us):
+        self.bus = bus
+        self.name = name
+        self.region = None
+        info = control.call(bus.sock, control.OPEN, {"device": name})
+        try:
+            self.mac = info["mac"]
+            self.mtu = info["mtu"]
+            self.caps = {}
+            for gid, bits in ((abi.CAP_GROUP_SG, abi.CAP_SG),
+                              (abi.CAP_GROUP_EVENTQ, abi.CAP_EVQ_LINKSTATE)):
+                r = control.call(bus.sock, control.NEGCAP, {"device": name, "group": gid, "bits": bits})
+                self.caps[gid] = r["bits"]
+            self.region = ioq.Region.create([ring_size, ring_size, abi.EVQ_RING],
+                                            buf_size=abi.buf_size_for(self.mtu), name=f"venet-{name}")
+            fd, efds = self.region.handoff()
+            fds = [fd] + [x for pair in efds for x in pair]
+            control.call(bus.sock, control.REGISTER, {"device": name}, fds)
+            self.tx = self.region.producer(abi.RING_TX, poll_us=poll_us)
+            self.rx = self.region.consumer(abi.RING_RX, poll_us=poll_us)
+            self.evq = self.region.consumer(abi.RING_EVQ)
+            self.link = control.call(bus.sock, control.LINKUP, {"device": name})["link"]
+            self._ev = np.zeros(1, ioq.ITEM_DTYPE)
+            self.events()
+        except BaseException:
+            self.close()
+            raise
+
+    # ---- link and events ------------------------------------------------
+
+    def events(self):
+        """Drain the event queue: a list of (type, a, b)."""
+        out = []
+        while True:
+            m = self.evq.get(timeout=0)
+            if m is None:
+                break
+            if len(m) >= abi.EVENT_SIZE:
+                etype, _size, a, b = struct.unpack_from("<IIQQ", m)
+                if etype == abi.EV_LINKSTATE:
+                    self.link = bool(a)
+                out.append((etype, a, b))
+        return out
+
+    def _check_backend(self):
+        """Raise LinkDown if the backend closed the control connection."""
+        r, _, _ = select.select([self.bus.sock], [], [], 0)
+        if r:
+            try:
+                data = self.bus.sock.recv(control.HDR.size + control.MAX_BODY, socket.MSG_PEEK)
+            except OSError:
+                data = b""
+            if not data:
+                self.link = False
+                raise LinkDown(f"device {self.name}: the backend disconnected")
+
+    # ---- frames ---------------------------------------------------------
+
+    def send(self, frame, timeout=None):
+        """Queue one Ethernet frame (bytes-like, 14..MTU+14 bytes)."""
+        n = len(frame)
+        if not abi.MIN_FRAME <= n <= self.mtu + abi.ETH_HLEN:
+            raise ValueError(f"frame of {n} bytes: must be {abi.MIN_FRAME} to {self.mtu + abi.ETH_HLEN}")
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self.tx.put(frame, timeout=_LIVENESS_SLICE if timeout is None else
+                              max(0.0, min(_LIVENESS_SLICE, deadline - time.monotonic()))):
+            self._check_backend()
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+        return True
+
+    def send_nowait(self, frame):
+        """Queue a frame if a slot is free; False if the ring is full."""
+        return self.send(frame, timeout=0)
+
+    def send_batch(self, frames, lens=None):
+        """Queue the rows of a 2-D uint8 array (lengths in `lens`); returns
+        how many were queued (as many as fit, without waiting)."""
+        return self.tx.put_batch(frames, lens, timeout=0)
+
+    def recv(self, timeout=None):
+        """The next frame as bytes; None on timeout.  Raises LinkDown if the
+        backend goes away while we wait."""
+        m = self.rx.get(timeout=0)
+        if m is not None:
+            return m
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = _LIVENESS_SLICE if deadline is None else min(_LIVENESS_SLICE, deadline - time.monotonic())
+            if left <= 0:
+                return None
+            m = self.rx.get(timeout=left)
+            if m is not None:
+                return m
+            self._check_backend()
+
+    def recv_nowait(self):
+        """A frame if one is waiting, else None (and arms fileno())."""
+        m = self.rx.get(timeout=0)
+        if m is None:
+            if self.rx.arm():
+                return self.rx.get(timeout=0)
+        return m
+
+    def recv_batch(self, out, lens, timeout=None):
+        """Copy up to len(out) frames into the rows of `out`; lengths into
+        `lens`.  Returns the count (0 on timeout)."""
+        return self.rx.get_batch(out, lens, timeout=timeout)
+
+    def recv_into(self, buffer, timeout=None):
+        """Copy the next frame into `buffer`; returns its length, or 0 on
+        timeout."""
+        m = self.recv(timeout)
+        if m is None:
+            return 0
+        mv = memoryview(buffer).cast("B")
+        if len(m) > len(mv):
+            raise ValueError(f"frame of {len(m)} bytes does not fit a buffer of {len(mv)}")
+        mv[:len(m)] = m
+        return len(m)
+
+    def fileno(self):
+        """Readable when frames arrive after recv_nowait() returned None."""
+        return self.rx.fileno()
+
+    def stats(self):
+        return {"tx": self.tx.stats(), "rx": self.rx.stats()}
+
+    def close(self):
+        if self.region is not None:
+            try:
+                control.call(self.bus.sock, control.CLOSE, {"device": self.name})
+            except (OSError, control.RemoteError, control.ProtocolError):
+                pass
+            self.region.close()
+            self.region = None
+        self.bus.devices.pop(self.name, None)
+        self.link = False
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

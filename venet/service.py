@@ -1,0 +1,136 @@
+"""The long-running commands: `venet bridge`, `venet attach`, `venet stats`."""
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+
+from venet import control
+from venet.cli import UsageError
+
+
+def _enter_netns(ns):
+    if ns:
+        from pyroute2 import netns
+        try:
+            netns.setns(ns)
+        except OSError as e:
+            raise UsageError(f"cannot enter network namespace {ns}: {e.strerror}")
+
+
+def _on_signals(fn):
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: fn())
+
+
+def run_bridge(args):
+    from venet import bridge
+    from venet.devices import tap as taplib
+    logging.basicConfig(level=logging.INFO, format="venet bridge: %(message)s", stream=sys.stderr)
+    if os.geteuid() != 0:
+        raise UsageError("venet bridge needs root (CAP_NET_ADMIN) to create taps")
+    os.makedirs(os.path.dirname(os.path.abspath(args.socket)), mode=0o755, exist_ok=True)
+    if os.path.exists(args.socket) and bridge._alive(args.socket):
+        raise UsageError(f"socket path {args.socket} is in use by a running bridge")
+    _enter_netns(args.netns)
+    try:
+        fd, created = taplib.open_tap(args.tap)
+    except taplib.TapError as e:
+        raise UsageError(str(e))
+    try:
+        try:
+            taplib.configure(args.tap, mtu=args.mtu, mac=args.mac, master=args.master)
+            mac, mtu = taplib.link_info(args.tap)
+        except taplib.TapError as e:
+            raise UsageError(str(e))
+        dev = bridge.Device(args.device or args.tap, args.tap, fd, created, mac, mtu,
+                            poll_us=args.poll_us)
+        fd = -1
+        br = bridge.Bridge(args.socket, [dev], group=args.group)
+        try:
+            br.listen()
+        except OSError as e:
+            dev.close()
+            raise UsageError(str(e))
+        _on_signals(br.stop)
+        logging.info("tap %s (%s, mtu %d) on %s", args.tap, mac, mtu, args.socket)
+        print(f"ready {args.socket}", flush=True)
+        try:
+            br.serve()
+        finally:
+            br.close()          # closing the tap fd removes a tap we created
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return 0
+
+
+def run_attach(args):
+    from venet import frontend
+    from venet.attach import Attachment
+    from venet.devices import tap as taplib
+    logging.basicConfig(level=logging.INFO, format="venet attach: %(message)s", stream=sys.stderr)
+    try:
+        bus = frontend.connect(args.socket)
+    except (FileNotFoundError, PermissionError, ConnectionRefusedError) as e:
+        raise UsageError(str(e))
+    except control.RemoteError as e:
+        raise UsageError(f"bridge refused: {e}")
+    try:
+        try:
+            dev = bus.open(args.device, poll_us=args.poll_us)
+        except (control.RemoteError, ValueError) as e:
+            raise UsageError(str(e))
+        _enter_netns(args.netns)
+        try:
+            att = Attachment(dev, args.tap, poll_us=args.poll_us)
+        except taplib.TapError as e:
+            raise UsageError(str(e))
+        stop = threading.Event()
+        _on_signals(stop.set)
+        att.start()
+        print(f"ready {args.tap}", flush=True)
+        try:
+            while not stop.wait(0.2):
+                try:
+                    dev._check_backend()
+                except frontend.LinkDown as e:
+                    logging.error("%s", e)
+                    return 1
+                if not att.thread.is_alive():
+                    logging.error("pump stopped: %s", att.result)
+                    return 1
+        finally:
+            att.close()
+    finally:
+        bus.close()
+    return 0
+
+
+def run_stats(args):
+    from venet import frontend
+    try:
+        bus = frontend.connect(args.socket)
+    except (FileNotFoundError, PermissionError, ConnectionRefusedError) as e:
+        raise UsageError(str(e))
+    with bus:
+        s = bus.stats()
+    if args.json:
+        print(json.dumps(s, indent=1))
+        return 0
+    for d in s["devices"]:
+        print(f"device {d['device']} (tap {d['tap']}): link {'up' if d['link'] else 'down'}, "
+              f"{'in use' if d['busy'] else 'free'}")
+        c = d["counters"]
+        rows = [("to tap (frontend tx)", "to_tap_frames", "to_tap_bytes"),
+                ("from tap (frontend rx)", "from_tap_frames", "from_tap_bytes")]
+        for label, f, b in rows:
+            print(f"  {label:<24} {c.get(f, 0):>12} frames {c.get(b, 0):>14} bytes")
+        for k in sorted(c):
+            if k.startswith("drop_") or k in ("out_ring_full", "tap_read_errors"):
+                print(f"  {k:<24} {c[k]:>12}")
+        for k in ("in_ring.kicks_sent", "in_ring.kicks_suppressed", "out_ring.kicks_sent",
+                  "out_ring.kicks_suppressed", "in_ring.bad_total"):
+            print(f"  {k:<24} {c.get(k, 0):>12}")
+    return 0
