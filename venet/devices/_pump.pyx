@@ -210,6 +210,11 @@ cdef class Pump:
         self.running = True
         with nogil:
             while not stop:
+                # Consume the 'work pending' marks before looking for work,
+                # so that work published after this point marks us again.
+                shmsig_take(&self.inr.r.sig)
+                if shmsig_take(&self.outr.r.sig):
+                    out_full = False
                 did = self._ring_to_tap()
                 if self.tap_armed or out_full:
                     tap_state = self._tap_to_ring()
