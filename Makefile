@@ -11,7 +11,7 @@ build:
 	$(PY) setup.py build_ext --inplace -q
 
 demo: deps build
-	$(PY) -m venet bench ring
+	$(PY) -m venet demo
 
 test: deps build
 	$(PY) -m pytest -q tests

@@ -1,0 +1,291 @@
+"""The venet-tap bridge end to end, inside namespaces made by each test."""
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+from scapy.all import ARP, ICMP, IP, UDP, Ether, Raw, raw
+
+import venet.frontend as fe
+from tests.net.conftest import ROOT, add_addr, ns_ipr
+
+ME = "02:00:00:00:00:99"
+KMAC = "02:00:00:00:00:01"
+KIP, MYIP = "10.77.0.1", "10.77.0.2"
+
+
+@pytest.fixture
+def bridged(netns, procs, sockdir):
+    """A bridge on tap vt0 in a fresh namespace with 10.77.0.1/24."""
+    def make(*extra):
+        ns = netns()
+        sock = str(sockdir / "bus.sock")
+        p = procs.venet("bridge", "--tap", "vt0", "--netns", ns, "--socket", sock, "--mac", KMAC, *extra)
+        add_addr(ns, "vt0", KIP)
+        with ns_ipr(ns) as ipr:    # a static neighbour: no ARP round before each test frame
+            ipr.neigh("add", dst=MYIP, lladdr=ME, ifindex=ipr.link_lookup(ifname="vt0")[0], state=0x80)
+        return ns, sock, p
+    return make
+
+
+def recv_match(dev, pred, timeout=3.0, limit=200):
+    deadline = time.monotonic() + timeout
+    for _ in range(limit):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            return None
+        f = dev.recv(timeout=left)
+        if f is None:
+            return None
+        pkt = Ether(f)
+        if pred(pkt):
+            return pkt
+    return None
+
+
+def test_arp_icmp_udp_broadcast(bridged):
+    ns, sock, _ = bridged()
+    with fe.connect(sock) as bus:
+        assert [d["name"] for d in bus.list()] == ["vt0"]
+        dev = bus.open("vt0")
+        assert dev.mac == KMAC and dev.mtu == 1500 and dev.link
+        # ARP, answered by the kernel behind the tap
+        dev.send(raw(Ether(src=ME, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=ME, psrc=MYIP, pdst=KIP)))
+        rep = recv_match(dev, lambda p: ARP in p and p[ARP].op == 2)
+        assert rep is not None and rep[ARP].hwsrc == KMAC and rep[ARP].psrc == KIP
+        # ICMP echo
+        dev.send(raw(Ether(src=ME, dst=KMAC) / IP(src=MYIP, dst=KIP) / ICMP(id=7, seq=1) / b"venet"))
+        rep = recv_match(dev, lambda p: ICMP in p and p[ICMP].type == 0)
+        assert rep is not None and rep[ICMP].id == 7 and bytes(rep[Raw]) == b"venet"
+        # UDP kernel -> frontend: a socket in the namespace sends to us
+        code = ("import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+                f"s.sendto(b'from-kernel', ('{MYIP}', 5555))")
+        ns_python(ns, code)
+        rep = recv_match(dev, lambda p: UDP in p and p[UDP].dport == 5555)
+        assert rep is not None and bytes(rep[UDP].payload) == b"from-kernel"
+        # UDP frontend -> kernel: a socket in the namespace receives it
+        rx = ns_python_bg(ns, "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+                              f"s.bind(('{KIP}', 6666)); s.settimeout(5); print(s.recv(100).decode())")
+        time.sleep(0.3)
+        dev.send(raw(Ether(src=ME, dst=KMAC) / IP(src=MYIP, dst=KIP) / UDP(sport=1, dport=6666) / b"to-kernel"))
+        assert rx.communicate(timeout=10)[0].strip() == "to-kernel"
+        # broadcast reaches the frontend
+        ns_python(ns, "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+                      "s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1);"
+                      "s.sendto(b'bcast', ('10.77.0.255', 7777))")
+        rep = recv_match(dev, lambda p: UDP in p and p[UDP].dport == 7777)
+        assert rep is not None and rep.dst == "ff:ff:ff:ff:ff:ff"
+
+
+@pytest.mark.parametrize("mtu", [1500, 9000])
+def test_every_frame_size(bridged, mtu):
+    ns, sock, _ = bridged("--mtu", str(mtu))
+    with fe.connect(sock) as bus:
+        dev = bus.open("vt0")
+        assert dev.mtu == mtu
+        hdr = 14 + 20 + 8
+        sizes = sorted(set([60, 61, 64, 100, 128, 255, 256, 511, 512, 1000, 1024, 1499, 1500, 1513, 1514]
+                           + ([2048, 4096, 8000, 9013, 9014] if mtu == 9000 else [])))
+        for i, size in enumerate(sizes):
+            payload = bytes((i + j) & 0xff for j in range(size - hdr))
+            dev.send(raw(Ether(src=ME, dst=KMAC) / IP(src=MYIP, dst=KIP) / ICMP(id=9, seq=i) / payload))
+            rep = recv_match(dev, lambda p: ICMP in p and p[ICMP].type == 0 and p[ICMP].seq == i)
+            assert rep is not None, f"no echo reply for a {size}-byte frame"
+            assert len(raw(rep)) == size and bytes(rep[Raw]) == payload
+        with pytest.raises(ValueError):
+            dev.send(b"\0" * (mtu + 15))
+        with pytest.raises(ValueError):
+            dev.send(b"\0" * 13)
+
+
+def test_bridge_attach_ping_and_tcp(netns, procs, sockdir):
+    a, b = netns(), netns()
+    sock = str(sockdir / "bus.sock")
+    procs.venet("bridge", "--tap", "vt0", "--netns", a, "--socket", sock)
+    procs.venet("attach", "--socket", sock, "--tap", "vt1", "--netns", b)
+    add_addr(a, "vt0", KIP)
+    add_addr(b, "vt1", MYIP)
+    from venet.demo import ping
+    rtts, out = ping(a, MYIP, 5, interval=0.1)
+    assert len(rtts) == 5, out
+    # TCP: 4 MiB from b to a, checked by hash
+    srv = ns_python_bg(a, "import socket,hashlib; s=socket.socket(); s.bind(('%s', 5001)); s.listen(1);"
+                          "s.settimeout(20); c,_=s.accept(); h=hashlib.sha256(); n=0\n"
+                          "while True:\n d=c.recv(65536)\n if not d: break\n h.update(d); n+=len(d)\n"
+                          "print(n, h.hexdigest())" % KIP)
+    time.sleep(0.3)
+    ns_python(b, "import socket,hashlib,os; data=bytes(range(256))*16384; s=socket.create_connection(('%s', 5001), timeout=20);"
+                 "s.sendall(data); s.close()" % KIP)
+    n, digest = srv.communicate(timeout=30)[0].split()
+    import hashlib
+    data = bytes(range(256)) * 16384
+    assert int(n) == len(data) and digest == hashlib.sha256(data).hexdigest()
+
+
+def test_frontend_killed_backend_survives(bridged, procs):
+    ns, sock, bridge = bridged()
+    victim = subprocess.Popen([sys.executable, "-c", f"""
+import sys, time; sys.path.insert(0, {ROOT!r})
+import venet.frontend as fe
+from scapy.all import Ether, IP, ICMP, raw
+dev = fe.connect({sock!r}).open('vt0')
+print('open', flush=True)
+f = raw(Ether(src={ME!r}, dst={KMAC!r})/IP(src={MYIP!r}, dst={KIP!r})/ICMP())
+while True:
+    dev.send(f); dev.recv(timeout=0.01)
+"""], stdout=subprocess.PIPE, text=True)
+    try:
+        assert victim.stdout.readline().strip() == "open"
+        time.sleep(0.5)
+    finally:
+        victim.kill()               # kill -9, by pid
+        victim.wait()
+        victim.stdout.close()
+    assert bridge.poll() is None
+    deadline = time.monotonic() + 5
+    with fe.connect(sock) as bus:
+        while bus.list()[0]["busy"] and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not bus.list()[0]["busy"]
+        dev = bus.open("vt0")
+        dev.send(raw(Ether(src=ME, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=ME, psrc=MYIP, pdst=KIP)))
+        assert recv_match(dev, lambda p: ARP in p and p[ARP].op == 2) is not None
+
+
+def test_backend_killed_gives_link_down(bridged):
+    ns, sock, bridge = bridged()
+    with fe.connect(sock) as bus:
+        dev = bus.open("vt0")
+        bridge.send_signal(signal.SIGKILL)
+        bridge.wait()
+        t = time.monotonic()
+        with pytest.raises(fe.LinkDown):
+            # Frames already in the ring are still delivered; then LinkDown.
+            for _ in range(1000):
+                dev.recv(timeout=1)
+                if time.monotonic() - t > 10:
+                    break
+        assert time.monotonic() - t < 5
+        assert not dev.link
+
+
+def test_hostile_descriptors_cost_counted_drops(bridged):
+    import mmap
+    import struct
+    import ioq
+    ns, sock, bridge = bridged()
+    with fe.connect(sock) as bus:
+        dev = bus.open("vt0")
+        mm = mmap.mmap(dev.region.fd, dev.region.size)
+        ring = dev.region.ring_offset(0)
+        count = dev.region.ring_count(0)
+        good = dev.region.buffer_offset(0)
+        bad = [(0, 64, 0), (good, 0, 0), (good, 1 << 20, 0), ((1 << 64) - 8, 64, 0),
+               (good, 13, 0), (good, 64, ioq.F_INDIRECT), (good, 64, 0x2)]
+        head = dev.tx.free() and 0
+        for i, (off, ln, fl) in enumerate(bad):
+            struct.pack_into("<QQIIII", mm, ring + ioq.RING_HDR_SIZE + 32 * (i % count), i, off, ln, fl, 0, i + 1)
+        os.eventfd_write(dev.region.eventfds[0][1], 1)      # kick the backend
+        time.sleep(0.5)
+        counters = bus.stats()["devices"][0]["counters"]
+        assert counters["drop_bad_desc"] + counters["drop_short"] == len(bad)
+        assert counters["to_tap_frames"] == 0
+        assert bridge.poll() is None
+        mm.close()
+
+
+def test_group_grants_unprivileged_frontend(netns, procs):
+    d = tempfile.mkdtemp(prefix="venet-grp-")
+    os.chmod(d, 0o755)
+    try:
+        for grant in (True, False):
+            ns = netns()
+            sock = os.path.join(d, f"{grant}.sock")
+            extra = ["--group", "nogroup"] if grant else []
+            procs.venet("bridge", "--tap", "vt0", "--netns", ns, "--socket", sock, *extra)
+            result = _as_nobody(lambda: fe.connect(sock).list()[0]["name"])
+            if grant:
+                assert result == "vt0"
+            else:
+                assert result.startswith("PermissionError") and "not allowed" in result
+    finally:
+        for f in os.listdir(d):
+            os.unlink(os.path.join(d, f))
+        os.rmdir(d)
+
+
+def _as_nobody(fn):
+    """Run fn in a forked child as nobody:nogroup (the interpreter lives
+    under /root, so the child cannot exec it); returns its result or
+    'ExcType: message'."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            _become_nobody()
+            out = str(fn())
+        except BaseException as e:
+            out = f"{type(e).__name__}: {e}"
+        os.write(w, out.encode()[:4000])
+        os._exit(0)
+    os.close(w)
+    data = b""
+    while chunk := os.read(r, 4096):
+        data += chunk
+    os.close(r)
+    os.waitpid(pid, 0)
+    return data.decode()
+
+
+def _become_nobody():
+    import grp
+    gid = grp.getgrnam("nogroup").gr_gid
+    os.setgroups([gid])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(65534, 65534, 65534)
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--tap", "vt0", "--mac", "zz:00:00:00:00:01"], "not a MAC address"),
+    (["--tap", "vt0", "--mac", "01:00:00:00:00:01"], "multicast"),
+    (["--tap", "vt0", "--mtu", "10000"], "out of range"),
+    (["--tap", "vt0", "--mtu", "abc"], "must be a number"),
+    (["--tap", "vt0", "--netns", "venet-no-such-ns"], "does not exist"),
+    (["--tap", "a-name-far-too-long"], "1 to 15 characters"),
+    (["--tap", "vt0", "--poll-us", "-1"], "poll-us"),
+])
+def test_bad_command_lines(args, msg):
+    r = subprocess.run([sys.executable, "-m", "venet", "bridge", *args], capture_output=True,
+                       text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 2 and msg in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr.strip().splitlines()) <= 2
+
+
+def test_socket_path_taken(bridged, netns):
+    ns, sock, _ = bridged()
+    other = netns()
+    r = subprocess.run([sys.executable, "-m", "venet", "bridge", "--tap", "vt0", "--netns", other,
+                        "--socket", sock], capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 2 and "in use" in r.stderr and "Traceback" not in r.stderr
+
+
+def ns_python(ns, code, timeout=20):
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                       preexec_fn=_setns(ns))
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def ns_python_bg(ns, code):
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=_setns(ns))
+
+
+def _setns(ns):
+    def enter():
+        from pyroute2 import netns as nslib
+        nslib.setns(ns)
+    return enter
