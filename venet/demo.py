@@ -60,6 +60,18 @@ def ping(ns, dst, count, interval=0.2):
     return rtts, out.stdout + out.stderr
 
 
+def _term_handler(owner):
+    """SIGTERM ends the demo like Ctrl-C, in this process only: helpers
+    that pyroute2 forks inherit the handler and must just die."""
+    def handler(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        raise KeyboardInterrupt
+    return handler
+
+
 def run(args):
     if os.geteuid() != 0:
         raise UsageError("venet demo needs root: it creates network namespaces and taps")
@@ -70,7 +82,7 @@ def run(args):
     sock = os.path.join(tmp, "bus.sock")
     procs = []
     made = []
-    old = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    old = signal.signal(signal.SIGTERM, _term_handler(os.getpid()))
     try:
         for ns in (ns_a, ns_b):
             nslib.create(ns)

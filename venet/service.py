@@ -20,8 +20,18 @@ def _enter_netns(ns):
 
 
 def _on_signals(fn):
+    """Call fn on SIGINT/SIGTERM in this process; a forked helper (pyroute2
+    forks for namespace work) that inherits the handler just dies."""
+    owner = os.getpid()
+
+    def handler(signum, frame):
+        if os.getpid() != owner:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            return
+        fn()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: fn())
+        signal.signal(sig, handler)
 
 
 def run_bridge(args):
