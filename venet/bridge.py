@@ -7,7 +7,6 @@ reason; refused requests (unknown device, device busy) get an ERROR reply.
 When a frontend goes away (close, crash, kill -9), its devices are reset:
 pump stopped, memory unmapped, ready for the next frontend.
 """
-import grp
 import logging
 import os
 import selectors

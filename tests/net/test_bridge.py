@@ -185,7 +185,6 @@ def test_hostile_descriptors_cost_counted_drops(bridged):
         good = dev.region.buffer_offset(0)
         bad = [(0, 64, 0), (good, 0, 0), (good, 1 << 20, 0), ((1 << 64) - 8, 64, 0),
                (good, 13, 0), (good, 64, ioq.F_INDIRECT), (good, 64, 0x2)]
-        head = dev.tx.free() and 0
         for i, (off, ln, fl) in enumerate(bad):
             struct.pack_into("<QQIIII", mm, ring + ioq.RING_HDR_SIZE + 32 * (i % count), i, off, ln, fl, 0, i + 1)
         os.eventfd_write(dev.region.eventfds[0][1], 1)      # kick the backend
