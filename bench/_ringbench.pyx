@@ -219,6 +219,18 @@ cdef inline bint _check(const uint8_t *p, uint64_t seq, uint32_t size) noexcept 
     return True
 
 
+cdef inline bint _idle(ioq_ring_t *r, int mode, int64_t poll_ns, uint64_t deadline) noexcept nogil:
+    """Nothing to do this turn (ring empty or full): spin once, or sleep in
+    the signal.  False once the deadline has passed."""
+    if venet_now_ns() > deadline:
+        return False
+    if mode == MODE_POLL:
+        venet_cpu_relax()
+    else:
+        shmsig_wait(&r.sig, 1_000_000_000, poll_ns)
+    return True
+
+
 def ring_stream_send(Ring tx, uint64_t total, uint32_t batch, uint64_t pair_off, uint32_t buf_size,
                      uint32_t msg_size=64, int mode=MODE_POLL, int64_t poll_ns=0, bint verify=False):
     """Push `total` messages in batches.  Each payload starts with its
@@ -230,7 +242,6 @@ def ring_stream_send(Ring tx, uint64_t total, uint32_t batch, uint64_t pair_off,
     cdef uint32_t k, i, want
     cdef ioq_desc_t *d
     cdef uint8_t payload[256]
-    cdef unsigned int spins = 0
     if batch > r.count or batch == 0 or msg_size < 8 or msg_size > 256 or msg_size > buf_size \
             or msg_size % 8:
         raise ValueError("bad batch or message size")
@@ -241,12 +252,8 @@ def ring_stream_send(Ring tx, uint64_t total, uint32_t batch, uint64_t pair_off,
             k = want
             d = ioq_reserve(r, &k)
             if k == 0:
-                if venet_now_ns() > deadline:
+                if not _idle(r, mode, poll_ns, deadline):
                     break
-                if mode == MODE_POLL:
-                    venet_cpu_relax()
-                else:
-                    shmsig_wait(&r.sig, 1_000_000_000, poll_ns)
                 continue
             for i in range(k):
                 off = pair_off + <uint64_t>((r.head + i) & r.mask) * buf_size
@@ -283,12 +290,8 @@ def ring_stream_recv(Ring rx, uint64_t total, uint32_t batch, int mode=MODE_POLL
         while seq < total:
             k = ioq_pop(r, items, batch, NULL, 0, NULL)
             if k == 0:
-                if venet_now_ns() > deadline:
+                if not _idle(r, mode, poll_ns, deadline):
                     break
-                if mode == MODE_POLL:
-                    venet_cpu_relax()
-                else:
-                    shmsig_wait(&r.sig, 1_000_000_000, poll_ns)
                 continue
             for i in range(k):
                 p = <const uint8_t *>(r.base + items[i].offset)

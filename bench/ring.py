@@ -150,7 +150,7 @@ def bench_mp_pipe(pair, n):
         for i in range(n):
             t0 = now()
             a.send_bytes(msg)
-            b_ = a.recv_bytes()
+            a.recv_bytes()
             out[i] = now() - t0
 
     def child():

@@ -251,7 +251,6 @@ cdef class Ring:
 
     cdef int _wait_space(self, object timeout) except -1:
         """Producer: 1 when a slot is free, 0 on timeout."""
-        cdef int64_t deadline_left
         while ioq_free(&self.r, 1) == 0:
             if self.r.broken:
                 self._live()

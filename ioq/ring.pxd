@@ -60,8 +60,9 @@ cdef inline uint32_t ioq_free(ioq_ring_t *r, uint32_t want) noexcept nogil:
     return r.count - (r.head - c)
 
 
-cdef inline void ioq_publish(ioq_ring_t *r, uint32_t k) noexcept nogil:
-    """Producer: mark k filled slots from head as published, in order."""
+cdef inline void ioq_commit(ioq_ring_t *r, uint32_t k) noexcept nogil:
+    """Producer: publish k slots filled from head (by ioq_push, or in place
+    after ioq_reserve), in order: each slot's seq is stored last."""
     cdef uint32_t i, pos
     for i in range(k):
         pos = r.head + i
@@ -74,7 +75,7 @@ cdef inline void ioq_publish(ioq_ring_t *r, uint32_t k) noexcept nogil:
 cdef inline uint32_t ioq_push(ioq_ring_t *r, const ioq_desc_t *d, uint32_t n) noexcept nogil:
     """Producer: publish up to n descriptors; returns how many fitted."""
     cdef uint32_t k = ioq_free(r, n)
-    cdef uint32_t i, pos
+    cdef uint32_t i
     cdef ioq_desc_t *slot
     if n < k:
         k = n
@@ -83,17 +84,13 @@ cdef inline uint32_t ioq_push(ioq_ring_t *r, const ioq_desc_t *d, uint32_t n) no
             r.full += 1
         return 0
     for i in range(k):
-        pos = r.head + i
-        slot = &r.desc[pos & r.mask]
+        slot = &r.desc[(r.head + i) & r.mask]
         slot.cookie = d[i].cookie
         slot.offset = d[i].offset
         slot.len = d[i].len
         slot.flags = d[i].flags
         slot.user = d[i].user
-        venet_store_release_u32(&slot.seq, pos + 1)
-    r.head += k
-    venet_store_release_u32(r.prod_p, r.head)
-    r.ops += k
+    ioq_commit(r, k)
     return k
 
 
@@ -108,11 +105,6 @@ cdef inline ioq_desc_t *ioq_reserve(ioq_ring_t *r, uint32_t *n) noexcept nogil:
     if k < n[0]:
         n[0] = k
     return &r.desc[r.head & r.mask]
-
-
-cdef inline void ioq_commit(ioq_ring_t *r, uint32_t k) noexcept nogil:
-    """Producer: publish k slots filled in place after ioq_reserve."""
-    ioq_publish(r, k)
 
 
 cdef inline bint ioq_peek(ioq_ring_t *r) noexcept nogil:

@@ -4,7 +4,6 @@ import sys
 
 import pytest
 
-from venet.cli import main
 
 
 def run(*args):

@@ -1,5 +1,4 @@
 import mmap
-import os
 import struct
 
 import numpy as np

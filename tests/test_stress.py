@@ -2,7 +2,6 @@
 checksums: no loss, duplicate or reorder, with and without notifications
 and busy-poll.  10 million descriptors per mode."""
 import os
-import time
 
 import pytest
 

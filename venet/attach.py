@@ -1,8 +1,8 @@
 """`venet attach`: a frontend that shows its device as a tap of its own
 (in another namespace), pumped by the same Cython loop as the backend."""
+import os
 import threading
 
-from venet import abi
 from venet.devices import tap as taplib
 from venet.devices._pump import Pump
 
@@ -17,7 +17,6 @@ class Attachment:
             # in = RX ring (frames for our tap), out = TX ring (frames from it)
             self.pump = Pump(device.rx, device.tx, self.tap_fd, poll_us=poll_us)
         except BaseException:
-            import os
             os.close(self.tap_fd)
             raise
         self.result = None
@@ -34,6 +33,5 @@ class Attachment:
         self.thread.join(timeout=5)
 
     def close(self):
-        import os
         self.stop()
         os.close(self.tap_fd)

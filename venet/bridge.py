@@ -10,7 +10,6 @@ pump stopped, memory unmapped, ready for the next frontend.
 import logging
 import os
 import selectors
-import signal
 import socket
 import stat
 import struct

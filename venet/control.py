@@ -117,8 +117,8 @@ def field(body, name, kind, *, lo=None, hi=None, optional=False, default=None):
 
 
 def call(sock, mtype, body=None, fds=()):
-    """Send a request and wait for its reply body (events that arrive in
-    between are returned to `on_event` callers via the reply's 'events')."""
+    """Send a request and wait for its reply body.  EVENT messages that
+    arrive in between are skipped (device events travel on the EVQ ring)."""
     send(sock, mtype, body, fds)
     while True:
         rtype, rbody, rfds = recv(sock)

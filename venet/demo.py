@@ -2,7 +2,7 @@
 attach -> tap.  Everything it makes (namespaces, taps, addresses, processes)
 is removed on exit, Ctrl-C included.  Addresses: 10.77.0.1 and 10.77.0.2/24,
 inside the namespaces only."""
-import json
+import argparse
 import os
 import re
 import signal
@@ -60,16 +60,8 @@ def ping(ns, dst, count, interval=0.2):
     return rtts, out.stdout + out.stderr
 
 
-def _term_handler(owner):
-    """SIGTERM ends the demo like Ctrl-C, in this process only: helpers
-    that pyroute2 forks inherit the handler and must just die."""
-    def handler(signum, frame):
-        if os.getpid() != owner:
-            signal.signal(signum, signal.SIG_DFL)
-            os.kill(os.getpid(), signum)
-            return
-        raise KeyboardInterrupt
-    return handler
+def _interrupt():
+    raise KeyboardInterrupt
 
 
 def run(args):
@@ -82,7 +74,8 @@ def run(args):
     sock = os.path.join(tmp, "bus.sock")
     procs = []
     made = []
-    old = signal.signal(signal.SIGTERM, _term_handler(os.getpid()))
+    from venet.service import on_stop_signals, run_stats
+    restore = on_stop_signals(_interrupt)     # SIGTERM ends the demo like Ctrl-C
     try:
         for ns in (ns_a, ns_b):
             nslib.create(ns)
@@ -105,11 +98,8 @@ def run(args):
         print(f"ping {ADDR_A} -> {ADDR_B}: {len(rtts)}/{args.count} replies, "
               f"rtt min {rtts_s[0]:.3f} ms, median {rtts_s[len(rtts_s) // 2]:.3f} ms, "
               f"max {rtts_s[-1]:.3f} ms")
-        stats = subprocess.run([sys.executable, "-m", "venet", "stats", "--socket", sock],
-                               capture_output=True, text=True, timeout=30,
-                               env=dict(os.environ, PYTHONPATH=os.path.dirname(
-                                   os.path.dirname(os.path.abspath(__file__)))))
-        print(stats.stdout.rstrip())
+        sys.stdout.flush()
+        run_stats(argparse.Namespace(socket=sock, json=False))
         return 0 if len(rtts) == args.count else 1
     except KeyboardInterrupt:
         print("interrupted; cleaning up", file=sys.stderr)
@@ -133,4 +123,4 @@ def run(args):
             os.rmdir(tmp)
         except OSError:
             pass
-        signal.signal(signal.SIGTERM, old)
+        restore()

@@ -9,13 +9,10 @@ The frontend creates and seals the device memory, registers it with the
 backend and brings the link up.  It needs no privileges beyond access to
 the control socket.
 """
-import os
 import select
 import socket
 import struct
 import time
-
-import numpy as np
 
 import ioq
 from venet import abi, control
@@ -101,7 +98,6 @@ class Device:
             self.rx = self.region.consumer(abi.RING_RX, poll_us=poll_us)
             self.evq = self.region.consumer(abi.RING_EVQ)
             self.link = control.call(bus.sock, control.LINKUP, {"device": name})["link"]
-            self._ev = np.zeros(1, ioq.ITEM_DTYPE)
             self.events()
         except BaseException:
             self.close()

@@ -19,9 +19,10 @@ def _enter_netns(ns):
             raise UsageError(f"cannot enter network namespace {ns}: {e.strerror}")
 
 
-def _on_signals(fn):
-    """Call fn on SIGINT/SIGTERM in this process; a forked helper (pyroute2
-    forks for namespace work) that inherits the handler just dies."""
+def on_stop_signals(fn):
+    """Call fn on SIGINT/SIGTERM in this process only: a forked helper
+    (pyroute2 forks for namespace work) that inherits the handler just dies
+    as it would by default.  Returns a function restoring the old handlers."""
     owner = os.getpid()
 
     def handler(signum, frame):
@@ -30,8 +31,8 @@ def _on_signals(fn):
             os.kill(os.getpid(), signum)
             return
         fn()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, handler)
+    old = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    return lambda: [signal.signal(sig, h) for sig, h in old.items()]
 
 
 def run_bridge(args):
@@ -41,38 +42,32 @@ def run_bridge(args):
     if os.geteuid() != 0:
         raise UsageError("venet bridge needs root (CAP_NET_ADMIN) to create taps")
     os.makedirs(os.path.dirname(os.path.abspath(args.socket)), mode=0o755, exist_ok=True)
-    if os.path.exists(args.socket) and bridge._alive(args.socket):
-        raise UsageError(f"socket path {args.socket} is in use by a running bridge")
-    _enter_netns(args.netns)
+    # Claim the socket first: a taken path fails before any tap is made.
+    br = bridge.Bridge(args.socket, [], group=args.group)
     try:
-        fd, created = taplib.open_tap(args.tap)
-    except taplib.TapError as e:
-        raise UsageError(str(e))
-    try:
-        try:
-            taplib.configure(args.tap, mtu=args.mtu, mac=args.mac, master=args.master)
-            mac, mtu = taplib.link_info(args.tap)
-        except taplib.TapError as e:
-            raise UsageError(str(e))
-        dev = bridge.Device(args.device or args.tap, args.tap, fd, created, mac, mtu,
-                            poll_us=args.poll_us)
-        fd = -1
-        br = bridge.Bridge(args.socket, [dev], group=args.group)
         try:
             br.listen()
         except OSError as e:
-            dev.close()
             raise UsageError(str(e))
-        _on_signals(br.stop)
-        logging.info("tap %s (%s, mtu %d) on %s", args.tap, mac, mtu, args.socket)
-        print(f"ready {args.socket}", flush=True)
+        _enter_netns(args.netns)
         try:
-            br.serve()
-        finally:
-            br.close()          # closing the tap fd removes a tap we created
+            fd, created = taplib.open_tap(args.tap)
+        except taplib.TapError as e:
+            raise UsageError(str(e))
+        dev = bridge.Device(args.device or args.tap, args.tap, fd, created, None, None,
+                            poll_us=args.poll_us)
+        br.devices[dev.name] = dev      # from here br.close() closes the tap
+        try:
+            taplib.configure(args.tap, mtu=args.mtu, mac=args.mac, master=args.master)
+            dev.mac, dev.mtu = taplib.link_info(args.tap)
+        except taplib.TapError as e:
+            raise UsageError(str(e))
+        on_stop_signals(br.stop)
+        logging.info("tap %s (%s, mtu %d) on %s", args.tap, dev.mac, dev.mtu, args.socket)
+        print(f"ready {args.socket}", flush=True)
+        br.serve()
     finally:
-        if fd >= 0:
-            os.close(fd)
+        br.close()          # closing the tap fd removes a tap we created
     return 0
 
 
@@ -98,7 +93,7 @@ def run_attach(args):
         except taplib.TapError as e:
             raise UsageError(str(e))
         stop = threading.Event()
-        _on_signals(stop.set)
+        on_stop_signals(stop.set)
         att.start()
         print(f"ready {args.tap}", flush=True)
         try:

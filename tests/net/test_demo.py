@@ -1,10 +1,7 @@
-import pytest
-
-from tests.conftest import needs_root
-
 import subprocess
 import sys
 
+from tests.conftest import needs_root
 from tests.net.conftest import ROOT
 
 

@@ -193,16 +193,12 @@ cdef class Pump:
             shmsig_inject(&r.sig)
         return more
 
-    cdef bint _work_pending(self) noexcept nogil:
-        return ioq_peek(&self.inr.r)
-
     def run(self, double timeout=-1):
         """Pump until stop() (or `timeout` seconds, for tests).  Returns
         'stopped', 'timeout' or 'broken' (the peer corrupted a ring index)."""
         cdef epoll_event evs[8]
-        cdef int n, i, tap_state = 1, did
-        cdef uint64_t tag, deadline = 0, pdead
-        cdef uint64_t cnt
+        cdef int n, tap_state, did
+        cdef uint64_t deadline = 0, pdead
         cdef bint stop = False, out_full = False
         cdef int ms
         if timeout >= 0:
@@ -216,30 +212,33 @@ cdef class Pump:
                 if shmsig_take(&self.outr.r.sig):
                     out_full = False
                 did = self._ring_to_tap()
-                if self.tap_armed or out_full:
-                    tap_state = self._tap_to_ring()
-                    out_full = tap_state == -1
-                    if tap_state == 1:
-                        did += 1
+                tap_state = self._tap_to_ring()
+                out_full = tap_state == -1
+                if tap_state == 1:
+                    did += 1
+                # While the out ring is full, the tap's readiness must not
+                # wake us: frames wait in the tap queue until space returns.
                 self._arm_tap(not out_full)
                 if self.inr.r.broken or self.outr.r.broken:
                     break
                 if did:
                     continue
                 if self.poll_ns > 0:
+                    # Bounded busy-poll: the ring's next slot, and the fds
+                    # (tap, kicks, stop) through a non-blocking epoll.
                     pdead = venet_now_ns() + <uint64_t>self.poll_ns
                     n = 0
                     while venet_now_ns() < pdead:
-                        if self._work_pending():
-                            n = 1
+                        if ioq_peek(&self.inr.r):
                             break
                         n = epoll_wait(self.epfd, evs, 8, 0)
                         if n > 0:
                             break
                         venet_cpu_relax()
                     if n > 0:
-                        self.st.busy_polls += 1
                         self._drain_events(evs, n, &stop, &out_full)
+                    if n > 0 or ioq_peek(&self.inr.r):
+                        self.st.busy_polls += 1
                         continue
                 # Arm, re-check, sleep.
                 if shmsig_enable(&self.inr.r.sig):
@@ -269,7 +268,7 @@ cdef class Pump:
 
     cdef void _drain_events(self, epoll_event *evs, int n, bint *stop, bint *out_full) noexcept nogil:
         cdef int i
-        cdef uint64_t cnt
+        cdef uint64_t cnt, tag
         for i in range(n):
             tag = evs[i].data.u64
             if tag == EV_IN:
