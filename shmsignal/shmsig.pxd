@@ -11,7 +11,8 @@
 #                        if enabled && !pending: pending=1; kick eventfd
 #   wait   (side i):     if xchg(dirty,0): work.  else enabled=1; fence;
 #                        if dirty: enabled=0 and go round.  else sleep on fd;
-#                        on wake: drain fd; pending=0; fence; enabled=0; ...
+#                        on wake: pending=0; fence; enabled=0; take dirty.
+#                        (the fd's count is drained before the next sleep)
 #
 # Both Dekker pairs (dirty vs enabled, pending vs dirty) are separated by full
 # barriers, so one of the two sides always sees the other: no lost wake-up.
@@ -52,6 +53,7 @@ cdef struct shmsig_t:
     uint64_t wakeups    # sleeps that ended with work
     uint64_t spurious   # sleeps that ended with nothing to do
     uint64_t poll_hits  # waits satisfied inside the busy-poll window
+    int stale           # wait_fd may hold a count we have not drained yet
 
 
 cdef inline void shmsig_init_shared(shmsig_shared_t *shm) noexcept nogil:
@@ -84,6 +86,7 @@ cdef inline void shmsig_bind(shmsig_t *s, shmsig_shared_t *shm, int me,
     s.wakeups = 0
     s.spurious = 0
     s.poll_hits = 0
+    s.stale = 0
 
 
 cdef inline int shmsig_kick_fd(int fd) noexcept nogil:
@@ -149,11 +152,16 @@ cdef inline int shmsig_peek(shmsig_t *s) noexcept nogil:
     return venet_load_relaxed_u8(&s.shm.side[s.me].dirty) != 0
 
 
-cdef inline void shmsig_ack(shmsig_t *s) noexcept nogil:
-    """The wait fd was readable: drain its counter and allow the next kick."""
+cdef inline void shmsig_drain(shmsig_t *s) noexcept nogil:
     cdef uint64_t cnt
     if s.wait_fd >= 0:
         read(s.wait_fd, &cnt, 8)        # non-blocking eventfd; EAGAIN is fine
+    s.stale = 0
+
+
+cdef inline void shmsig_ack(shmsig_t *s) noexcept nogil:
+    """The wait fd was readable: drain its counter and allow the next kick."""
+    shmsig_drain(s)
     venet_store_relaxed_u8(&s.shm.side[s.me].pending, 0)
     venet_fence_seq_cst()
 
@@ -177,7 +185,7 @@ cdef inline int shmsig_wait(shmsig_t *s, int64_t timeout_ns, int64_t poll_ns) no
     the peer's end of the eventfd reports an error or hang-up."""
     cdef uint64_t now, deadline = 0
     cdef int64_t left
-    cdef int ms, r
+    cdef int ms, r, took
     cdef pollfd pfd
     if shmsig_take(s):
         return 1
@@ -191,6 +199,13 @@ cdef inline int shmsig_wait(shmsig_t *s, int64_t timeout_ns, int64_t poll_ns) no
     pfd.fd = s.wait_fd
     pfd.events = POLLIN
     while True:
+        if s.stale:
+            # The count of the kick that last woke us: drained here, before
+            # we arm, rather than on the wake-up path.  Work it announced is
+            # marked by dirty, which the enable re-check below still sees.
+            # pending is cleared again too: a kick sent between our wake-up
+            # and this drain set it, and its count is the one we just read.
+            shmsig_ack(s)
         if shmsig_enable(s):
             shmsig_disable(s)
             if shmsig_take(s):
@@ -217,11 +232,18 @@ cdef inline int shmsig_wait(shmsig_t *s, int64_t timeout_ns, int64_t poll_ns) no
             return -1
         if r > 0:
             if pfd.revents & POLLIN:
-                shmsig_ack(s)
+                # Allow the next kick at once; drain the fd lazily (above),
+                # which keeps a read() off the wake-to-work path.
+                venet_store_relaxed_u8(&s.shm.side[s.me].pending, 0)
+                venet_fence_seq_cst()
+                s.stale = 1
             else:
                 return -2
-        if shmsig_take(s):
-            s.wakeups += 1
-            return 1
+        took = shmsig_take(s)
         if r > 0:
-            s.spurious += 1
+            if took:
+                s.wakeups += 1      # woken by the peer's kick, with work
+            else:
+                s.spurious += 1
+        if took:
+            return 1

@@ -129,3 +129,33 @@ def test_wait_without_fd_raises():
     s = Signal(m, 0, 0, init=True)
     with pytest.raises(OSError):
         s.wait(timeout=0.01)
+
+
+def _inject_later(sig, delay=0.1):
+    pid = os.fork()
+    if pid == 0:
+        time.sleep(delay)
+        sig.inject()
+        os._exit(0)
+    return pid
+
+
+def test_kick_left_undrained_does_not_mute_the_next_one(pair):
+    """wait() drains the eventfd lazily (before it next sleeps, not when it
+    wakes).  A kick sent in between must not leave `pending` set, or every
+    later inject would be suppressed while the peer sleeps."""
+    s0, s1 = pair
+    pids = [_inject_later(s0)]                # kick 1 arrives while s1 sleeps
+    try:
+        assert s1.wait(timeout=10) is True    # woken by it; its count not yet drained
+        s1.enable()
+        assert s0.inject() is True            # kick 2, before any drain
+        assert s1.wait(timeout=10) is True    # dirty taken at once
+        woken = s1.stats()["wakeups"]
+        pids.append(_inject_later(s0))
+        assert s1.wait(timeout=10) is True
+        # Woken by a kick, not rescued by the timeout path.
+        assert s1.stats()["wakeups"] == woken + 1
+    finally:
+        for pid in pids:
+            os.waitpid(pid, 0)
