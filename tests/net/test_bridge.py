@@ -10,7 +10,7 @@ import pytest
 from scapy.all import ARP, ICMP, IP, UDP, Ether, Raw, raw
 
 import venet.frontend as fe
-from tests.net.conftest import ROOT, add_addr, ns_ipr
+from tests.net.conftest import ROOT, add_addr, ns_ipr, ping, run_in
 
 ME = "02:00:00:00:00:99"
 KMAC = "02:00:00:00:00:01"
@@ -108,7 +108,6 @@ def test_bridge_attach_ping_and_tcp(netns, procs, sockdir):
     procs.venet("attach", "--socket", sock, "--tap", "vt1", "--netns", b)
     add_addr(a, "vt0", KIP)
     add_addr(b, "vt1", MYIP)
-    from venet.demo import ping
     rtts, out = ping(a, MYIP, 5, interval=0.1)
     assert len(rtts) == 5, out
     # TCP: 4 MiB from b to a, checked by hash
@@ -272,47 +271,16 @@ def test_socket_path_taken(bridged, netns):
 
 
 def ns_python(ns, code, timeout=20):
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
-                       preexec_fn=_setns(ns))
+    r = run_in(ns, [sys.executable, "-c", code], timeout=timeout)
     assert r.returncode == 0, r.stderr
     return r.stdout
 
 
 def ns_python_bg(ns, code):
     return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            preexec_fn=_setns(ns))
+                            preexec_fn=lambda: _enter(ns))
 
 
-def _setns(ns):
-    def enter():
-        from pyroute2 import netns as nslib
-        nslib.setns(ns)
-    return enter
-
-
-def test_scapy_socket(bridged):
-    from scapy.all import sendp, sniff
-    from venet.scapy_socket import VenetSocket
-    ns, sock, _ = bridged()
-    with VenetSocket(socket_path=sock, iface="vt0") as s:
-        # sr1 over our own socket: ARP answered by the kernel
-        rep = s.sr1(Ether(src=ME, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=ME, psrc=MYIP, pdst=KIP),
-                    timeout=3, verbose=False)
-        assert rep is not None and rep[ARP].op == 2 and rep[ARP].hwsrc == KMAC
-        rep = s.sr1(Ether(src=ME, dst=KMAC) / IP(src=MYIP, dst=KIP) / ICMP(id=3), timeout=3,
-                    verbose=False)
-        assert rep is not None and rep[ICMP].type == 0 and rep[ICMP].id == 3
-        # sendp through the socket; a UDP listener in the namespace gets it
-        rx = ns_python_bg(ns, "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
-                              f"s.bind(('{KIP}', 6667)); s.settimeout(5); print(s.recv(100).decode())")
-        time.sleep(0.3)
-        sendp(Ether(src=ME, dst=KMAC) / IP(src=MYIP, dst=KIP) / UDP(dport=6667) / b"via-sendp",
-              socket=s, verbose=False)
-        assert rx.communicate(timeout=10)[0].strip() == "via-sendp"
-        # sniff on the opened socket while the kernel sends to us
-        later = ns_python_bg(ns, "import socket,time; time.sleep(0.5); s=socket.socket(socket.AF_INET,"
-                                 f" socket.SOCK_DGRAM); s.sendto(b'sniffed', ('{MYIP}', 5556))")
-        pkts = sniff(opened_socket=s, timeout=5, count=1,
-                     lfilter=lambda p: UDP in p and p[UDP].dport == 5556)
-        later.wait(timeout=10)
-        assert len(pkts) == 1 and bytes(pkts[0][UDP].payload) == b"sniffed"
+def _enter(ns):
+    from pyroute2 import netns as nslib
+    nslib.setns(ns)
