@@ -284,3 +284,31 @@ def ns_python_bg(ns, code):
 def _enter(ns):
     from pyroute2 import netns as nslib
     nslib.setns(ns)
+
+
+def test_scapy_socket(bridged):
+    from scapy.all import sendp, sniff
+    from venet.scapy_socket import VenetSocket
+    ns, sock, _ = bridged()
+    with VenetSocket(socket_path=sock, iface="vt0") as s:
+        # sr1 over our own socket: ARP answered by the kernel
+        rep = s.sr1(Ether(src=ME, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=ME, psrc=MYIP, pdst=KIP),
+                    timeout=3, verbose=False)
+        assert rep is not None and rep[ARP].op == 2 and rep[ARP].hwsrc == KMAC
+        rep = s.sr1(Ether(src=ME, dst=KMAC) / IP(src=MYIP, dst=KIP) / ICMP(id=3), timeout=3,
+                    verbose=False)
+        assert rep is not None and rep[ICMP].type == 0 and rep[ICMP].id == 3
+        # sendp through the socket; a UDP listener in the namespace gets it
+        rx = ns_python_bg(ns, "import socket; s=socket.socket(socket.AF_INET, socket.SOCK_DGRAM);"
+                              f"s.bind(('{KIP}', 6667)); s.settimeout(5); print(s.recv(100).decode())")
+        time.sleep(0.3)
+        sendp(Ether(src=ME, dst=KMAC) / IP(src=MYIP, dst=KIP) / UDP(dport=6667) / b"via-sendp",
+              socket=s, verbose=False)
+        assert rx.communicate(timeout=10)[0].strip() == "via-sendp"
+        # sniff on the opened socket while the kernel sends to us
+        later = ns_python_bg(ns, "import socket,time; time.sleep(0.5); s=socket.socket(socket.AF_INET,"
+                                 f" socket.SOCK_DGRAM); s.sendto(b'sniffed', ('{MYIP}', 5556))")
+        pkts = sniff(opened_socket=s, timeout=5, count=1,
+                     lfilter=lambda p: UDP in p and p[UDP].dport == 5556)
+        later.wait(timeout=10)
+        assert len(pkts) == 1 and bytes(pkts[0][UDP].payload) == b"sniffed"
