@@ -24,6 +24,19 @@ DEFAULT_RING = 256
 EVQ_RING = 16
 
 
+MEMORY_BUDGET = 4 << 20     # default device memory: rings and buffers
+
+
 def buf_size_for(mtu):
     """Per-slot buffer bytes for a device of this MTU: one frame fits."""
     return max(2048, (mtu + ETH_HLEN + 63) // 64 * 64)
+
+
+def ring_size_for(mtu, budget=MEMORY_BUDGET):
+    """The largest power-of-two ring (up to DEFAULT_RING) whose TX and RX
+    paired buffers, with the event queue's, fit the memory budget: 256
+    slots at MTU 1500 (1.1 MiB), 128 at MTU 9000 (2.4 MiB)."""
+    n = DEFAULT_RING
+    while n > 8 and (2 * n + EVQ_RING) * buf_size_for(mtu) > budget:
+        n //= 2
+    return n

@@ -41,6 +41,10 @@ def build_parser():
                       help="pin the two processes to CPUs A and B (default 0,1)")
     ring.add_argument("--quick", action="store_true", help="a tenth of the counts (smoke runs)")
     ring.set_defaults(func=_cmd_bench_ring)
+    bb = bsub.add_parser("bridge", help="round trips and TCP through venet against veth (root)")
+    bb.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    bb.add_argument("--quick", action="store_true", help="fewer pings, 1 s of TCP, MTU 1500 only")
+    bb.set_defaults(func=_cmd_bench_bridge)
 
     br = sub.add_parser("bridge", help="the backend: a tap device served on a control socket")
     br.add_argument("--tap", required=True, type=_ifname, help="tap to create (or open if it exists)")
@@ -168,6 +172,18 @@ def _cmd_bench_ring(args):
     try:
         ring.main(cpus=args.cpus, json_path=args.json, quick=args.quick)
     except ValueError as e:
+        raise UsageError(str(e))
+    return 0
+
+
+def _cmd_bench_bridge(args):
+    import os
+    if os.geteuid() != 0:
+        raise UsageError("venet bench bridge needs root: it creates network namespaces and taps")
+    from bench import bridge
+    try:
+        bridge.main(json_path=args.json, quick=args.quick)
+    except RuntimeError as e:
         raise UsageError(str(e))
     return 0
 

@@ -52,8 +52,10 @@ class Bus:
     def stats(self):
         return control.call(self.sock, control.STATS)
 
-    def open(self, name=None, *, ring_size=abi.DEFAULT_RING, poll_us=0):
-        """Open a device (the only one if name is None) and bring its link up."""
+    def open(self, name=None, *, ring_size=None, poll_us=0):
+        """Open a device (the only one if name is None) and bring its link up.
+        ring_size defaults to the largest that keeps the device's memory
+        within abi.MEMORY_BUDGET for its MTU."""
         if name is None:
             devs = self.list()
             if len(devs) != 1:
@@ -89,6 +91,7 @@ class Device:
                               (abi.CAP_GROUP_EVENTQ, abi.CAP_EVQ_LINKSTATE)):
                 r = control.call(bus.sock, control.NEGCAP, {"device": name, "group": gid, "bits": bits})
                 self.caps[gid] = r["bits"]
+            ring_size = ring_size or abi.ring_size_for(self.mtu)
             self.region = ioq.Region.create([ring_size, ring_size, abi.EVQ_RING],
                                             buf_size=abi.buf_size_for(self.mtu), name=f"venet-{name}")
             fd, efds = self.region.handoff()
@@ -195,6 +198,15 @@ class Device:
             raise ValueError(f"frame of {len(m)} bytes does not fit a buffer of {len(mv)}")
         mv[:len(m)] = m
         return len(m)
+
+    def flush_rx(self):
+        """Drop every received frame not yet read (the FLUSHRX function);
+        returns how many were dropped."""
+        control.call(self.bus.sock, control.FLUSHRX, {"device": self.name})
+        n = 0
+        while self.rx.get(timeout=0) is not None:
+            n += 1
+        return n
 
     def fileno(self):
         """Readable when frames arrive after recv_nowait() returned None."""

@@ -80,6 +80,21 @@ def test_arp_icmp_udp_broadcast(bridged):
         assert rep is not None and rep.dst == "ff:ff:ff:ff:ff:ff"
 
 
+def test_flush_rx_and_memory_budget(bridged):
+    from venet import abi
+    ns, sock, _ = bridged("--mtu", "9000")
+    with fe.connect(sock) as bus:
+        dev = bus.open("vt0")
+        assert dev.region.size <= abi.MEMORY_BUDGET
+        for i in range(3):
+            dev.send(raw(Ether(src=ME, dst=KMAC) / IP(src=MYIP, dst=KIP) / ICMP(seq=i)))
+        deadline = time.monotonic() + 5
+        while dev.rx.ready() < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert dev.flush_rx() >= 3
+        assert dev.recv_nowait() is None
+
+
 @pytest.mark.parametrize("mtu", [1500, 9000])
 def test_every_frame_size(bridged, mtu):
     ns, sock, _ = bridged("--mtu", str(mtu))
