@@ -18,7 +18,9 @@ from venet.topology import Lab, cpu_seconds, ping, rss_kib, run_in
 
 A, B = "10.77.0.1", "10.77.0.2"
 TOPOLOGIES = ("veth", "venet", "venet-poll")
-POLL_US = 50
+# venet-poll's window: longer than the gaps of the ping (10 ms), so the
+# pumps stay awake through a ping session and sleep 20 ms after it ends.
+POLL_US = 20_000
 
 RECEIVER = """
 import socket, time, sys
