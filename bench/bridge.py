@@ -86,10 +86,11 @@ def measure(lab, topo, mtu, ping_count, tcp_secs, do_ping):
         row("ping", "rtt_us_p50", statistics.median(rtts) * 1000, cmd)
         row("ping", "rtt_us_p99", q[98] * 1000, cmd)
         if procs:
+            time.sleep(0.5)        # past any busy-poll window of the last ping
             c0, t0 = _cpu(procs), time.monotonic()
             time.sleep(2)
             row("idle", "cpu_percent", 100 * (_cpu(procs) - c0) / (time.monotonic() - t0),
-                "CPU of bridge+attach, 2 s idle")
+                "CPU of bridge+attach over 2 s, from 0.5 s after traffic")
             for name, p in zip(("bridge", "attach"), procs):
                 row("rss", f"{name}_rss_kib", rss_kib(p.pid), "VmRSS")
     rx = lab.popen_in(b, [sys.executable, "-c", RECEIVER, B])

@@ -199,7 +199,7 @@ cdef class Pump:
         cdef epoll_event evs[8]
         cdef int n, tap_state, did
         cdef uint64_t deadline = 0, pdead
-        cdef bint stop = False, out_full = False
+        cdef bint stop = False, out_full = False, recent = False
         cdef int ms
         if timeout >= 0:
             deadline = venet_now_ns() + <uint64_t>(timeout * 1e9)
@@ -222,8 +222,13 @@ cdef class Pump:
                 if self.inr.r.broken or self.outr.r.broken:
                     break
                 if did:
+                    recent = True
                     continue
-                if self.poll_ns > 0:
+                if self.poll_ns > 0 and recent:
+                    # Only right after work: a wake-up that found nothing
+                    # (the 1 s epoll timeout, a spurious kick) must not buy
+                    # a poll window, or an idle pump would spin 2% a second.
+                    recent = False
                     # Bounded busy-poll: the ring's next slot, and the fds
                     # (tap, kicks, stop) through a non-blocking epoll.
                     pdead = venet_now_ns() + <uint64_t>self.poll_ns
