@@ -10,6 +10,7 @@ Python (Gbit/s; the clients of issue 4, sockperf and iperf3, replace it
 there), and the venet processes' CPU use while idle and during TCP.
 """
 import json
+import re
 import statistics
 import sys
 import time
@@ -68,7 +69,7 @@ def _cpu(procs):
     return sum(cpu_seconds(p.pid) for p in procs)
 
 
-def measure(lab, topo, mtu, ping_count, tcp_secs, do_ping):
+def measure(lab, topo, mtu, ping_count, tcp_secs, do_ping, sweep=False):
     rows = []
     a, b, procs = build(lab, topo, mtu)
 
@@ -85,6 +86,17 @@ def measure(lab, topo, mtu, ping_count, tcp_secs, do_ping):
         q = statistics.quantiles(rtts, n=100)
         row("ping", "rtt_us_p50", statistics.median(rtts) * 1000, cmd)
         row("ping", "rtt_us_p99", q[98] * 1000, cmd)
+        if sweep:
+            # The same round trip at other gaps between pings: how much of
+            # it is waking halted vCPUs (docs/benchmarks.md).
+            for interval in (0.002, 0.05):
+                rtts, _ = ping(a, B, 200, interval)
+                row(f"ping-i{interval * 1000:g}ms", "rtt_us_p50", statistics.median(rtts) * 1000,
+                    f"ping -c 200 -i {interval} {B}")
+            out = run_in(a, ["ping", "-n", "-q", "-f", "-c", "5000", B], timeout=60).stdout
+            m = re.search(r"= [\d.]+/([\d.]+)/", out)
+            if m:
+                row("ping-flood", "rtt_us_avg", float(m.group(1)) * 1000, f"ping -f -c 5000 {B}")
         if procs:
             time.sleep(0.5)        # past any busy-poll window of the last ping
             c0, t0 = _cpu(procs), time.monotonic()
@@ -117,7 +129,8 @@ def run(quick=False, progress=None):
     for topo in TOPOLOGIES:
         for mtu in mtus:
             with Lab("vbench") as lab:
-                new = measure(lab, topo, mtu, ping_count, tcp_secs, do_ping=(mtu == 1500))
+                new = measure(lab, topo, mtu, ping_count, tcp_secs, do_ping=(mtu == 1500),
+                              sweep=not quick and mtu == 1500)
             rows.extend(new)
             if progress:
                 progress(f"{topo} mtu {mtu} done")
@@ -133,10 +146,10 @@ def ratios(rows):
 
 
 def format_table(rows):
-    lines = [f"{'topology':<12} {'client':<6} {'mtu':>5} {'metric':<16} {'value':>12} {'x veth':>8}"]
+    lines = [f"{'topology':<12} {'client':<13} {'mtu':>5} {'metric':<16} {'value':>12} {'x veth':>8}"]
     for r in rows:
         rat = f"{r['ratio_to_veth']:.2f}" if r.get("ratio_to_veth") else ""
-        lines.append(f"{r['topology']:<12} {r['client']:<6} {r['mtu']:>5} {r['metric']:<16} "
+        lines.append(f"{r['topology']:<12} {r['client']:<13} {r['mtu']:>5} {r['metric']:<16} "
                      f"{r['value']:>12.2f} {rat:>8}")
     return "\n".join(lines)
 
