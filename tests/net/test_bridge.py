@@ -327,3 +327,28 @@ def test_scapy_socket(bridged):
                      lfilter=lambda p: UDP in p and p[UDP].dport == 5556)
         later.wait(timeout=10)
         assert len(pkts) == 1 and bytes(pkts[0][UDP].payload) == b"sniffed"
+
+
+def test_master_bridge(netns, procs, sockdir):
+    """--master enslaves the tap to a Linux bridge in its namespace."""
+    ns = netns()
+    with ns_ipr(ns) as ipr:
+        ipr.link("add", ifname="br0", kind="bridge")
+        br_idx = ipr.link_lookup(ifname="br0")[0]
+    procs.venet("bridge", "--tap", "vt0", "--netns", ns, "--socket", str(sockdir / "m.sock"),
+                "--master", "br0")
+    with ns_ipr(ns) as ipr:
+        link = ipr.get_links(ipr.link_lookup(ifname="vt0")[0])[0]
+        assert link.get_attr("IFLA_MASTER") == br_idx
+
+
+def test_missing_master_is_a_clear_error(netns, sockdir):
+    ns = netns()
+    r = subprocess.run([sys.executable, "-m", "venet", "bridge", "--tap", "vt0", "--netns", ns,
+                        "--socket", str(sockdir / "x.sock"), "--master", "nobr0"],
+                       capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 2 and "master bridge nobr0 does not exist" in r.stderr
+    assert "Traceback" not in r.stderr
+    with ns_ipr(ns) as ipr:
+        assert not ipr.link_lookup(ifname="vt0")          # the tap it made is gone
+    assert not (sockdir / "x.sock").exists()
