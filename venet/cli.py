@@ -41,10 +41,14 @@ def build_parser():
                       help="pin the two processes to CPUs A and B (default 0,1)")
     ring.add_argument("--quick", action="store_true", help="a tenth of the counts (smoke runs)")
     ring.set_defaults(func=_cmd_bench_ring)
-    bb = bsub.add_parser("bridge", help="round trips and TCP through venet against veth (root)")
-    bb.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
-    bb.add_argument("--quick", action="store_true", help="fewer pings, 1 s of TCP, MTU 1500 only")
-    bb.set_defaults(func=_cmd_bench_bridge)
+    e2e = bsub.add_parser("e2e", help="venet against veth, socat, a Python pump (and DPDK "
+                                      "testpmd) with sockperf, ping -f and iperf3 (root)")
+    e2e.add_argument("--quick", action="store_true", help="one run, 1 s clients, MTU 1500 only")
+    e2e.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    e2e.add_argument("--out", metavar="DIR", help="write a markdown table and PNG plots here")
+    e2e.add_argument("--topologies", type=_topologies, metavar="A,B,...",
+                     help="a subset of veth,venet,venet-poll,socat,pypump,testpmd")
+    e2e.set_defaults(func=_cmd_bench_e2e)
 
     br = sub.add_parser("bridge", help="the backend: a tap device served on a control socket")
     br.add_argument("--tap", required=True, type=_ifname, help="tap to create (or open if it exists)")
@@ -176,13 +180,24 @@ def _cmd_bench_ring(args):
     return 0
 
 
-def _cmd_bench_bridge(args):
+def _topologies(text):
+    from bench.e2e import TOPOLOGIES
+    names = tuple(t for t in text.split(",") if t)
+    bad = [t for t in names if t not in TOPOLOGIES]
+    if bad or not names:
+        raise argparse.ArgumentTypeError(f"unknown topology {','.join(bad) or text!r}; "
+                                         f"choose from {','.join(TOPOLOGIES)}")
+    return names
+
+
+def _cmd_bench_e2e(args):
     import os
     if os.geteuid() != 0:
-        raise UsageError("venet bench bridge needs root: it creates network namespaces and taps")
-    from bench import bridge
+        raise UsageError("venet bench e2e needs root: it creates network namespaces and taps")
+    from bench import e2e
     try:
-        bridge.main(json_path=args.json, quick=args.quick)
+        e2e.main(json_path=args.json, out_dir=args.out, quick=args.quick,
+                 topologies=args.topologies or e2e.TOPOLOGIES)
     except RuntimeError as e:
         raise UsageError(str(e))
     return 0

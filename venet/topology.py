@@ -48,21 +48,26 @@ class Lab:
 
     def venet(self, *args, timeout=20):
         """Start `python -m venet ARGS` and wait for its 'ready' line."""
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-        p = subprocess.Popen([sys.executable, "-m", "venet", *args], stdout=subprocess.PIPE,
-                             stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
-        self.procs.append(p)
-        sel = selectors.DefaultSelector()
-        sel.register(p.stdout, selectors.EVENT_READ)
-        if not sel.select(timeout) or not p.stdout.readline().startswith("ready"):
-            p.kill()
-            p.wait()
-            raise RuntimeError(f"venet {args[0]} did not start: {p.stderr.read().strip()}")
-        return p
+        return self.start([sys.executable, "-m", "venet", *args], timeout=timeout)
 
-    def addr(self, ns, ifname, addr, prefixlen=24):
-        add_addr(ns, ifname, addr, prefixlen)
+    def addr(self, ns, ifname, addr, prefixlen=24, mtu=None):
+        add_addr(ns, ifname, addr, prefixlen, mtu=mtu)
+
+    def start(self, argv, ns=None, ready="ready", timeout=20):
+        """Start a helper process (in `ns` if given); with `ready`, wait for
+        a line starting with it on its stdout."""
+        p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=_setns(ns) if ns else None, cwd=ROOT,
+                             env=_env(), start_new_session=True)
+        self.procs.append(p)
+        if ready:
+            sel = selectors.DefaultSelector()
+            sel.register(p.stdout, selectors.EVENT_READ)
+            if not sel.select(timeout) or not p.stdout.readline().startswith(ready):
+                p.kill()
+                p.wait()
+                raise RuntimeError(f"{argv[0]} did not start: {p.stderr.read().strip()[-300:]}")
+        return p
 
     def veth(self, ns_a, ns_b, a="va", b="vb", mtu=None):
         """A veth pair with one end in each namespace."""
@@ -113,9 +118,9 @@ class Lab:
             pass
 
 
-def add_addr(ns, ifname, addr, prefixlen=24, wait=5.0):
-    """Give `ifname` in `ns` an address and bring it up (waits for the link
-    to appear: a tap made by another process shows up asynchronously)."""
+def add_addr(ns, ifname, addr, prefixlen=24, wait=5.0, mtu=None):
+    """Give `ifname` in `ns` an address (and MTU) and bring it up; waits for
+    the link to appear (a tap made by another process shows up later)."""
     from pyroute2 import IPRoute
     deadline = time.monotonic() + wait
     with IPRoute(netns=ns) as ipr:
@@ -126,6 +131,8 @@ def add_addr(ns, ifname, addr, prefixlen=24, wait=5.0):
             if time.monotonic() > deadline:
                 raise RuntimeError(f"{ifname} did not appear in {ns}")
             time.sleep(0.05)
+        if mtu:
+            ipr.link("set", index=found[0], mtu=mtu)
         ipr.addr("add", index=found[0], address=addr, prefixlen=prefixlen)
         ipr.link("set", index=found[0], state="up")
 
@@ -141,6 +148,12 @@ def ping(ns, dst, count, interval=0.2):
     out = run_in(ns, ["ping", "-n", "-c", str(count), "-i", str(interval), "-W", "2", dst],
                  timeout=count * max(interval, 0.01) + 30)
     return [float(x) for x in re.findall(r"time=([\d.]+) ms", out.stdout)], out.stdout + out.stderr
+
+
+def _env():
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    return env
 
 
 def _setns(ns):

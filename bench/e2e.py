@@ -1,0 +1,297 @@
+"""`venet bench e2e`: venet beside the kernel path and the userspace pumps a
+user would pick instead, measured by clients no one here wrote, in one run.
+
+For every topology and repeat, two namespaces are made, joined, measured
+and torn down (venet.topology.Lab).  Topologies:
+  veth        a veth pair: the kernel-only path (the RFC's "bare metal")
+  venet       tap -> venet bridge -> rings -> venet attach -> tap
+  venet-poll  the same with --poll-us (bounded busy-poll after work)
+  socat       two socat processes: tap <-> Unix SOCK_SEQPACKET <-> tap
+  pypump      bench/pypump.py, the same shape in plain Python
+  testpmd     DPDK testpmd between two net_tap ports, if dpdk-testpmd exists
+Clients: sockperf ping-pong (64 and 1400 bytes: p50, p99, round trips/s),
+ping -f (average round trip), iperf3 TCP (one stream, MTU 1500 and 9000),
+and the CPU use of the pump processes during each client and while idle.
+Every figure is the median of the repeats, with min and max, and a ratio
+to veth from the same run.
+"""
+import json
+import os
+import re
+import shutil
+import statistics
+import sys
+import time
+
+from venet.topology import Lab, cpu_seconds, run_in
+
+A, B = "10.77.0.1", "10.77.0.2"
+TOPOLOGIES = ("veth", "venet", "venet-poll", "socat", "pypump", "testpmd")
+POLL_US = 20_000
+CLIENT_TOOLS = ("sockperf", "iperf3", "socat", "ping")
+
+
+class Skip(Exception):
+    """A topology that cannot run here (the reason is reported)."""
+
+
+def build(lab, topo, mtu):
+    """Two namespaces joined by `topo`, addressed A/B; returns (a, b, pump procs)."""
+    a, b = lab.netns("a"), lab.netns("b")
+    procs = []
+    if topo == "veth":
+        lab.veth(a, b, "vt0", "vt1")
+    elif topo in ("venet", "venet-poll"):
+        sock = lab.socket_path()
+        extra = ["--poll-us", str(POLL_US)] if topo == "venet-poll" else []
+        procs.append(lab.venet("bridge", "--tap", "vt0", "--netns", a, "--socket", sock,
+                               "--mtu", str(mtu), *extra))
+        procs.append(lab.venet("attach", "--socket", sock, "--tap", "vt1", "--netns", b, *extra))
+    elif topo == "socat":
+        sock = lab.socket_path()
+        tun = "TUN,tun-type=tap,iff-no-pi,iff-up,tun-name={}"
+        procs.append(lab.start(["socat", tun.format("vt0"), f"UNIX-LISTEN:{sock},type=5"], ns=a,
+                               ready=None))
+        _wait_path(sock)
+        procs.append(lab.start(["socat", tun.format("vt1"), f"UNIX-CONNECT:{sock},type=5"], ns=b,
+                               ready=None))
+    elif topo == "pypump":
+        sock = lab.socket_path()
+        procs.append(lab.start([sys.executable, "-m", "bench.pypump", "listen", sock, "vt0", a]))
+        procs.append(lab.start([sys.executable, "-m", "bench.pypump", "connect", sock, "vt1", b]))
+    elif topo == "testpmd":
+        raise Skip("dpdk-testpmd is not installed (bench/install-clients.sh --dpdk)")
+    lab.addr(a, "vt0", A, mtu=mtu)
+    lab.addr(b, "vt1", B, mtu=mtu)
+    return a, b, procs
+
+
+def _wait_path(path, timeout=10):
+    deadline = time.monotonic() + timeout
+    while not os.path.exists(path):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{path} did not appear")
+        time.sleep(0.02)
+
+
+def _cpu(procs):
+    try:
+        return sum(cpu_seconds(p.pid) for p in procs)
+    except FileNotFoundError:
+        return 0.0
+
+
+class Run:
+    """One build of one topology: runs the clients and collects samples."""
+
+    def __init__(self, lab, topo, mtu, secs):
+        self.lab, self.topo, self.mtu, self.secs = lab, topo, mtu, secs
+        self.a, self.b, self.procs = build(lab, topo, mtu)
+        self.samples = []
+        run_in(self.a, ["ping", "-c", "3", "-i", "0.05", "-W", "2", B])   # ARP, warm-up
+
+    def add(self, client, metric, value, command):
+        self.samples.append({"topology": self.topo, "client": client, "mtu": self.mtu,
+                             "metric": metric, "value": value, "command": command})
+
+    def timed(self, client, fn):
+        c0, t0 = _cpu(self.procs), time.monotonic()
+        fn()
+        if self.procs:
+            self.add(client, "cpu_percent", 100 * (_cpu(self.procs) - c0) / (time.monotonic() - t0),
+                     "CPU of the pump processes during the client")
+
+    def sockperf(self, size):
+        client = f"sockperf-{size}"
+        cmd = ["sockperf", "ping-pong", "-i", B, "-p", "11111", "-t", str(self.secs), "-m", str(size),
+               "--full-rtt"]
+        srv = self.lab.popen_in(self.b, ["sockperf", "server", "-i", B, "-p", "11111"])
+        time.sleep(0.3)
+        try:
+            def go():
+                r = run_in(self.a, cmd, timeout=self.secs + 30)
+                out = r.stdout
+                p50 = re.search(r"percentile 50\.000 =\s+([\d.]+)", out)
+                p99 = re.search(r"percentile 99\.000 =\s+([\d.]+)", out)
+                valid = re.search(r"\[Valid Duration\] RunTime=([\d.]+) sec; SentMessages=\d+; "
+                                  r"ReceivedMessages=(\d+)", out)
+                if not (p50 and p99 and valid):
+                    raise RuntimeError(f"{self.topo}: sockperf gave no figures: {out[-300:]}{r.stderr[-300:]}")
+                text = " ".join(cmd)
+                self.add(client, "rtt_us_p50", float(p50.group(1)), text)
+                self.add(client, "rtt_us_p99", float(p99.group(1)), text)
+                self.add(client, "rtt_per_s", int(valid.group(2)) / float(valid.group(1)), text)
+            self.timed(client, go)
+        finally:
+            srv.terminate()
+            srv.wait(timeout=5)
+
+    def ping_flood(self):
+        cmd = ["ping", "-n", "-q", "-f", "-c", str(2000 * self.secs), "-W", "2", B]
+
+        def go():
+            out = run_in(self.a, cmd, timeout=60).stdout
+            m = re.search(r"= [\d.]+/([\d.]+)/", out)
+            if not m:
+                raise RuntimeError(f"{self.topo}: ping -f gave no figures: {out[-300:]}")
+            self.add("ping-f", "rtt_us_avg", float(m.group(1)) * 1000, " ".join(cmd))
+        self.timed("ping-f", go)
+
+    def iperf3(self):
+        client = f"iperf3-mtu{self.mtu}"
+        cmd = ["iperf3", "-c", B, "-t", str(self.secs), "-J"]
+        srv = self.lab.popen_in(self.b, ["iperf3", "-s", "-1", "-B", B])
+        time.sleep(0.3)
+        try:
+            def go():
+                r = run_in(self.a, cmd, timeout=self.secs + 30)
+                try:
+                    bps = json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]
+                except (ValueError, KeyError):
+                    raise RuntimeError(f"{self.topo}: iperf3 failed: {r.stdout[-300:]}{r.stderr[-300:]}")
+                self.add(client, "gbit_per_s", bps / 1e9, " ".join(cmd))
+            self.timed(client, go)
+        finally:
+            if srv.poll() is None:
+                srv.terminate()
+            srv.wait(timeout=10)
+
+    def idle(self):
+        if not self.procs:
+            return
+        time.sleep(0.5)
+        c0, t0 = _cpu(self.procs), time.monotonic()
+        time.sleep(2)
+        self.add("idle", "cpu_percent", 100 * (_cpu(self.procs) - c0) / (time.monotonic() - t0),
+                 "CPU of the pump processes over 2 s, from 0.5 s after traffic")
+
+
+def measure(topo, mtu, secs):
+    with Lab("vnb") as lab:
+        r = Run(lab, topo, mtu, secs)
+        if mtu == 1500:
+            r.sockperf(64)
+            r.sockperf(1400)
+            r.ping_flood()
+            r.idle()
+        r.iperf3()
+        return r.samples
+
+
+def aggregate(samples):
+    groups = {}
+    for s in samples:
+        groups.setdefault((s["topology"], s["client"], s["mtu"], s["metric"]), []).append(s)
+    rows = []
+    for (topo, client, mtu, metric), ss in groups.items():
+        vals = [s["value"] for s in ss]
+        rows.append({"topology": topo, "client": client, "mtu": mtu, "metric": metric,
+                     "value": statistics.median(vals), "min": min(vals), "max": max(vals),
+                     "runs": len(vals), "command": ss[0]["command"]})
+    base = {(r["client"], r["mtu"], r["metric"]): r["value"] for r in rows if r["topology"] == "veth"}
+    for r in rows:
+        b = base.get((r["client"], r["mtu"], r["metric"]))
+        r["ratio_to_veth"] = r["value"] / b if b else None
+    order = {t: i for i, t in enumerate(TOPOLOGIES)}
+    rows.sort(key=lambda r: (order[r["topology"]], r["mtu"], r["client"], r["metric"]))
+    return rows
+
+
+def run(quick=False, repeats=None, topologies=TOPOLOGIES, progress=None):
+    missing = [t for t in CLIENT_TOOLS if shutil.which(t) is None]
+    if missing:
+        raise RuntimeError(f"missing clients: {', '.join(missing)} (run bench/install-clients.sh)")
+    repeats = repeats or (1 if quick else 3)
+    secs = 1 if quick else 3
+    samples, notes = [], {}
+    for rep in range(repeats):
+        for topo in topologies:
+            if topo in notes:
+                continue
+            for mtu in ((1500,) if quick else (1500, 9000)):
+                try:
+                    samples.extend(measure(topo, mtu, secs))
+                except Skip as e:
+                    notes[topo] = str(e)
+                    break
+                if progress:
+                    progress(f"run {rep + 1}/{repeats}: {topo} mtu {mtu}")
+    return aggregate(samples), notes
+
+
+def format_table(rows, notes):
+    head = f"{'topology':<11} {'client':<14} {'mtu':>5} {'metric':<12} {'median':>10} {'min':>10} {'max':>10} {'x veth':>7}"
+    lines = [head]
+    for r in rows:
+        rat = f"{r['ratio_to_veth']:.2f}" if r["ratio_to_veth"] is not None else ""
+        lines.append(f"{r['topology']:<11} {r['client']:<14} {r['mtu']:>5} {r['metric']:<12} "
+                     f"{r['value']:>10.2f} {r['min']:>10.2f} {r['max']:>10.2f} {rat:>7}")
+    for topo, why in notes.items():
+        lines.append(f"{topo}: skipped: {why}")
+    return "\n".join(lines)
+
+
+def write_out(rows, notes, out_dir):
+    """A markdown table and PNG plots (matplotlib) in out_dir."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, "e2e.md"), "w") as f:
+        f.write("| topology | client | mtu | metric | median | min | max | x veth |\n")
+        f.write("|---|---|---:|---|---:|---:|---:|---:|\n")
+        for r in rows:
+            rat = f"{r['ratio_to_veth']:.2f}" if r["ratio_to_veth"] is not None else ""
+            f.write(f"| {r['topology']} | {r['client']} | {r['mtu']} | {r['metric']} | "
+                    f"{r['value']:.2f} | {r['min']:.2f} | {r['max']:.2f} | {rat} |\n")
+        for topo, why in notes.items():
+            f.write(f"\n{topo}: skipped: {why}\n")
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    topos = [t for t in TOPOLOGIES if any(r["topology"] == t for r in rows)]
+
+    def value(topo, client, mtu, metric):
+        for r in rows:
+            if (r["topology"], r["client"], r["mtu"], r["metric"]) == (topo, client, mtu, metric):
+                return r["value"], r["min"], r["max"]
+        return None
+
+    def bars(ax, series, ylabel, title):
+        width = 0.8 / len(series)
+        for i, (label, vals) in enumerate(series):
+            xs = [j + i * width for j in range(len(topos))]
+            ys = [v[0] if v else 0 for v in vals]
+            err = [[v[0] - v[1] if v else 0 for v in vals], [v[2] - v[0] if v else 0 for v in vals]]
+            ax.bar(xs, ys, width, yerr=err, label=label, capsize=2)
+        ax.set_xticks([j + 0.4 - width / 2 for j in range(len(topos))], topos)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title)
+        ax.legend()
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    bars(ax, [(f"{c} {m}", [value(t, c, 1500, f"rtt_us_{m}") for t in topos])
+              for c in ("sockperf-64", "sockperf-1400") for m in ("p50", "p99")],
+         "round trip (us)", "sockperf ping-pong round trip (median of runs, min-max bars)")
+    ax.set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "rtt.png"), dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(8, 4))
+    mtus = sorted({r["mtu"] for r in rows if r["client"].startswith("iperf3")})
+    bars(ax, [(f"MTU {m}", [value(t, f"iperf3-mtu{m}", m, "gbit_per_s") for t in topos]) for m in mtus],
+         "Gbit/s", "iperf3 TCP, one stream")
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, "tcp.png"), dpi=100)
+    plt.close(fig)
+
+
+def main(json_path=None, out_dir=None, quick=False, topologies=TOPOLOGIES, out=sys.stdout):
+    t0 = time.monotonic()
+    rows, notes = run(quick, topologies=topologies,
+                      progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+    print(format_table(rows, notes), file=out)
+    print(f"({time.monotonic() - t0:.0f} s)", file=out)
+    if json_path:
+        with open(json_path, "w") as f:
+            json.dump({"rows": rows, "skipped": notes, "poll_us": POLL_US}, f, indent=1)
+    if out_dir:
+        write_out(rows, notes, out_dir)
+    return rows, notes

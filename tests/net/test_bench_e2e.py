@@ -1,0 +1,32 @@
+import json
+import subprocess
+import sys
+
+from tests.conftest import needs_root
+from tests.net.conftest import ROOT
+
+
+@needs_root
+def test_bench_e2e_one_short_topology(tmp_path):
+    """Smoke: venet built, measured by every client, and torn down."""
+    out = tmp_path / "e2e.json"
+    before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    r = subprocess.run([sys.executable, "-m", "venet", "bench", "e2e", "--quick", "--topologies",
+                        "venet", "--json", str(out), "--out", str(tmp_path / "out")],
+                       capture_output=True, text=True, timeout=300, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    rows = json.loads(out.read_text())["rows"]
+    got = {(row["client"], row["metric"]) for row in rows}
+    for need in [("sockperf-64", "rtt_us_p50"), ("sockperf-1400", "rtt_per_s"),
+                 ("ping-f", "rtt_us_avg"), ("iperf3-mtu1500", "gbit_per_s"), ("idle", "cpu_percent")]:
+        assert need in got
+    assert all(row["value"] > 0 for row in rows if row["metric"] != "cpu_percent")
+    assert (tmp_path / "out" / "rtt.png").stat().st_size > 0
+    assert (tmp_path / "out" / "e2e.md").read_text().count("| venet |") >= 5
+    assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout == before
+
+
+def test_unknown_topology_is_a_usage_error():
+    r = subprocess.run([sys.executable, "-m", "venet", "bench", "e2e", "--topologies", "nope"],
+                       capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert r.returncode == 2 and "unknown topology" in r.stderr and "Traceback" not in r.stderr
