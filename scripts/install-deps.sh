@@ -10,6 +10,8 @@ need_apt=()
 command -v gcc >/dev/null || need_apt+=(gcc)
 command -v ip >/dev/null || need_apt+=(iproute2)
 command -v ping >/dev/null || need_apt+=(iputils-ping)
+# the clients of venet bench e2e (its smoke test is in the default run)
+for tool in sockperf iperf3 socat; do command -v $tool >/dev/null || need_apt+=($tool); done
 if [ ${#need_apt[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then
     apt-get update -qq
@@ -19,8 +21,8 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-if ! "$PY" -c "import Cython, numpy, pyroute2, scapy, pytest, pytest_benchmark, hypothesis, faster_fifo" 2>/dev/null; then
+if ! "$PY" -c "import Cython, numpy, pyroute2, scapy, pytest, pytest_benchmark, hypothesis, faster_fifo, matplotlib" 2>/dev/null; then
   "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore \
     "Cython>=3.0" "numpy>=1.24" "pyroute2>=0.9" "scapy>=2.5" "pytest>=7" \
-    "pytest-benchmark>=4" "hypothesis>=6" "faster-fifo>=1.4" "setuptools>=64" wheel
+    "pytest-benchmark>=4" "hypothesis>=6" "faster-fifo>=1.4" "matplotlib>=3.5" "setuptools>=64" wheel
 fi
