@@ -2,7 +2,7 @@
 # Each installs what it needs first (as root on Debian: apt and pip).
 PY ?= python3
 
-.PHONY: deps build demo test bench bench-ring soak clean
+.PHONY: deps build demo test bench bench-save bench-compare bench-ring bench-e2e bench-notify soak clean
 
 deps:
 	bash scripts/install-deps.sh
@@ -16,8 +16,27 @@ demo: deps build
 test: deps build
 	$(PY) -m pytest -q tests
 
+BENCH_STORE = --benchmark-storage=file://bench/baselines
+
 bench: build
-	$(PY) -m pytest bench --benchmark-only -q
+	$(PY) -m pytest bench --benchmark-only -q $(BENCH_STORE) --benchmark-autosave
+
+# Save the reference the next runs are compared against (commit the JSON).
+bench-save: build
+	$(PY) -m pytest bench --benchmark-only -q $(BENCH_STORE) --benchmark-save=baseline
+
+# Compare with the committed baseline; fail if a median regressed by >50%
+# (this VM's run-to-run noise is tens of percent).
+bench-compare: build
+	$(PY) -m pytest bench --benchmark-only -q $(BENCH_STORE) \
+	  --benchmark-compare=0001 --benchmark-compare-fail=median:50%
+
+bench-e2e: build
+	bash bench/install-clients.sh
+	$(PY) -m venet bench e2e --json docs/e2e.json --out docs/e2e
+
+bench-notify: build
+	$(PY) -m venet bench notify --json docs/notify-bench.json
 
 bench-ring: build
 	$(PY) -m venet bench ring --json docs/ring-bench.json

@@ -10,6 +10,8 @@ from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memset
 from libc.errno cimport errno, EINTR, EAGAIN
 from posix.unistd cimport read, write
+from posix.time cimport nanosleep, timespec
+from shmsignal.includes.osdefs cimport pollfd, poll, POLLIN
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE
 from shmsignal.includes.atomics cimport *
 from shmsignal.shmsig cimport *
@@ -17,9 +19,12 @@ from ioq.abi cimport *
 from ioq.ring cimport *
 from ioq._ring cimport Ring
 
+# How a side learns there is work (the RFC's experiment, `venet bench notify`):
 cdef enum:
-    MODE_POLL = 0
-    MODE_SIGNAL = 1
+    MODE_POLL = 0       # busy-poll the ring, never sleep
+    MODE_SIGNAL = 1     # shmsignal: kick only when the peer asked to be woken
+    MODE_ALWAYS = 2     # kick the peer's eventfd on every publication
+    MODE_TIMER = 3      # no kicks: the peer wakes on a timer and looks
 
 DEF DEADLINE_NS = 60_000_000_000
 # Pauses between polls of an empty (or full) ring in the stream loops: a
@@ -27,6 +32,47 @@ DEF DEADLINE_NS = 60_000_000_000
 # from it; backing off lets the producer finish a batch.  (Measured with
 # vCPUs 380 ns apart: b32 went from 32 to 42-45 M msg/s at 128-512.)
 DEF SPIN_BACKOFF = 64
+
+cdef int64_t TIMER_NS = 200_000
+
+
+def set_timer_us(double us):
+    """Period of MODE_TIMER's wake-ups."""
+    global TIMER_NS
+    TIMER_NS = <int64_t>(us * 1000)
+
+
+cdef inline void _notify(ioq_ring_t *r, int mode) noexcept nogil:
+    """After publishing (or releasing): tell the peer, as `mode` does."""
+    if mode == MODE_SIGNAL:
+        shmsig_inject(&r.sig)
+    elif mode == MODE_ALWAYS:
+        r.sig.kicks_sent += 1
+        shmsig_kick_fd(r.sig.kick_fd)
+
+
+cdef inline void _sleep_step(ioq_ring_t *r, int mode, int64_t poll_ns) noexcept nogil:
+    """Nothing to do: wait for the peer once, as `mode` does."""
+    cdef pollfd pfd
+    cdef uint64_t cnt
+    cdef timespec ts
+    cdef int i
+    if mode == MODE_POLL:
+        for i in range(SPIN_BACKOFF):
+            venet_cpu_relax()
+    elif mode == MODE_SIGNAL:
+        shmsig_wait(&r.sig, 1_000_000_000, poll_ns)
+    elif mode == MODE_ALWAYS:
+        pfd.fd = r.sig.wait_fd
+        pfd.events = POLLIN
+        if poll(&pfd, 1, 1000) > 0:
+            read(r.sig.wait_fd, &cnt, 8)
+            r.sig.wakeups += 1
+    else:
+        ts.tv_sec = TIMER_NS // 1_000_000_000
+        ts.tv_nsec = TIMER_NS % 1_000_000_000
+        nanosleep(&ts, NULL)
+        r.sig.wakeups += 1
 
 
 cdef int64_t *_ns_buffer(object out, Py_buffer *b, Py_ssize_t n) except NULL:
@@ -136,11 +182,9 @@ cdef inline int _ring_send1(ioq_ring_t *r, uint64_t seq, uint64_t buf_off, int m
     d.flags = 0
     d.user = 0
     d.seq = 0
-    (<uint64_t *>(r.base + buf_off))[0] = seq
     if ioq_push(r, &d, 1) != 1:
         return -1
-    if mode == MODE_SIGNAL:
-        shmsig_inject(&r.sig)
+    _notify(r, mode)
     return 0
 
 
@@ -148,19 +192,19 @@ cdef inline int _ring_recv1(ioq_ring_t *r, uint64_t seq, int mode, uint64_t dead
     """Wait for one descriptor; 0 if it carries `seq`, -1 on error/timeout."""
     cdef ioq_item_t it
     cdef unsigned int spins = 0
-    cdef int rc
     while True:
         if ioq_pop(r, &it, 1, NULL, 0, NULL) == 1:
             ioq_release(r)
             return 0 if it.status == IOQ_OK and it.cookie == seq else -1
         if mode == MODE_POLL:
+            # The tightest loop: a round trip here is the ring's own cost.
             venet_cpu_relax()
             spins += 1
             if (spins & 4095) == 0 and venet_now_ns() > deadline:
                 return -1
         else:
-            rc = shmsig_wait(&r.sig, 5_000_000_000, 0)
-            if rc <= 0 and venet_now_ns() > deadline:
+            _sleep_step(r, mode, 0)
+            if venet_now_ns() > deadline:
                 return -1
 
 
@@ -225,16 +269,11 @@ cdef inline bint _check(const uint8_t *p, uint64_t seq, uint32_t size) noexcept 
 
 
 cdef inline bint _idle(ioq_ring_t *r, int mode, int64_t poll_ns, uint64_t deadline) noexcept nogil:
-    """Nothing to do this turn (ring empty or full): spin once, or sleep in
-    the signal.  False once the deadline has passed."""
+    """Nothing to do this turn (ring empty or full): wait once.  False once
+    the deadline has passed."""
     if venet_now_ns() > deadline:
         return False
-    cdef int i
-    if mode == MODE_POLL:
-        for i in range(SPIN_BACKOFF):
-            venet_cpu_relax()
-    else:
-        shmsig_wait(&r.sig, 1_000_000_000, poll_ns)
+    _sleep_step(r, mode, poll_ns)
     return True
 
 
@@ -242,8 +281,8 @@ def ring_stream_send(Ring tx, uint64_t total, uint32_t batch, uint64_t pair_off,
                      uint32_t msg_size=64, int mode=MODE_POLL, int64_t poll_ns=0, bint verify=False):
     """Push `total` messages in batches.  Each payload starts with its
     sequence number; with verify the rest is a function of it (checked by
-    the receiver).  MODE_POLL spins while full; MODE_SIGNAL injects after
-    each batch and sleeps on the signal while full."""
+    the receiver).  `mode` (MODE_*) is how each side tells the other about
+    new work or free space, and how it waits while the ring is full."""
     cdef ioq_ring_t *r = &tx.r
     cdef uint64_t seq = 0, off, deadline = venet_now_ns() + DEADLINE_NS
     cdef uint32_t k, i, want
@@ -275,8 +314,7 @@ def ring_stream_send(Ring tx, uint64_t total, uint32_t batch, uint64_t pair_off,
                 d[i].flags = 0
                 d[i].user = 0
             ioq_commit(r, k)
-            if mode == MODE_SIGNAL:
-                shmsig_inject(&r.sig)
+            _notify(r, mode)
             seq += k
     return seq
 
@@ -311,6 +349,5 @@ def ring_stream_recv(Ring rx, uint64_t total, uint32_t batch, int mode=MODE_POLL
                     errors += 1
                 seq += 1
             ioq_release(r)
-            if mode == MODE_SIGNAL:
-                shmsig_inject(&r.sig)
+            _notify(r, mode)
     return seq, errors

@@ -50,11 +50,12 @@ def build(lab, topo, mtu):
     elif topo == "socat":
         sock = lab.socket_path()
         tun = "TUN,tun-type=tap,iff-no-pi,iff-up,tun-name={}"
-        procs.append(lab.start(["socat", tun.format("vt0"), f"UNIX-LISTEN:{sock},type=5"], ns=a,
-                               ready=None))
+        # -b: socat's default 8 KiB buffer truncates jumbo frames
+        procs.append(lab.start(["socat", "-b", "65536", tun.format("vt0"),
+                                f"UNIX-LISTEN:{sock},type=5"], ns=a, ready=None))
         _wait_path(sock)
-        procs.append(lab.start(["socat", tun.format("vt1"), f"UNIX-CONNECT:{sock},type=5"], ns=b,
-                               ready=None))
+        procs.append(lab.start(["socat", "-b", "65536", tun.format("vt1"),
+                                f"UNIX-CONNECT:{sock},type=5"], ns=b, ready=None))
     elif topo == "pypump":
         sock = lab.socket_path()
         procs.append(lab.start([sys.executable, "-m", "bench.pypump", "listen", sock, "vt0", a]))
@@ -149,6 +150,8 @@ class Run:
                     bps = json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]
                 except (ValueError, KeyError):
                     raise RuntimeError(f"{self.topo}: iperf3 failed: {r.stdout[-300:]}{r.stderr[-300:]}")
+                if bps <= 0:
+                    raise RuntimeError(f"{self.topo}: iperf3 moved no data")
                 self.add(client, "gbit_per_s", bps / 1e9, " ".join(cmd))
             self.timed(client, go)
         finally:
@@ -169,12 +172,17 @@ class Run:
 def measure(topo, mtu, secs):
     with Lab("vnb") as lab:
         r = Run(lab, topo, mtu, secs)
-        if mtu == 1500:
-            r.sockperf(64)
-            r.sockperf(1400)
-            r.ping_flood()
-            r.idle()
-        r.iperf3()
+        try:
+            if mtu == 1500:
+                r.sockperf(64)
+                r.sockperf(1400)
+                r.ping_flood()
+                r.idle()
+            r.iperf3()
+        except RuntimeError as e:
+            dead = [f"{p.args[0]} (pid {p.pid}) exited {p.returncode}: {p.stderr.read().strip()[-300:]}"
+                    for p in r.procs if p.poll() is not None]
+            raise RuntimeError("; ".join([str(e)] + dead)) from None
         return r.samples
 
 
@@ -199,6 +207,9 @@ def aggregate(samples):
 
 def run(quick=False, repeats=None, topologies=TOPOLOGIES, progress=None):
     missing = [t for t in CLIENT_TOOLS if shutil.which(t) is None]
+    bad = [t for t in topologies if t not in TOPOLOGIES]
+    if bad:
+        raise RuntimeError(f"unknown topologies: {', '.join(bad)}")
     if missing:
         raise RuntimeError(f"missing clients: {', '.join(missing)} (run bench/install-clients.sh)")
     repeats = repeats or (1 if quick else 3)
@@ -211,11 +222,17 @@ def run(quick=False, repeats=None, topologies=TOPOLOGIES, progress=None):
             for mtu in ((1500,) if quick else (1500, 9000)):
                 try:
                     samples.extend(measure(topo, mtu, secs))
+                    status = "done"
                 except Skip as e:
-                    notes[topo] = str(e)
+                    notes[topo] = f"skipped: {e}"
                     break
+                except RuntimeError as e:
+                    # One failed run is reported, not fatal: the medians
+                    # use the runs that completed (see each row's "runs").
+                    notes[f"{topo} mtu {mtu} run {rep + 1}"] = f"failed: {e}"
+                    status = "FAILED"
                 if progress:
-                    progress(f"run {rep + 1}/{repeats}: {topo} mtu {mtu}")
+                    progress(f"run {rep + 1}/{repeats}: {topo} mtu {mtu} {status}")
     return aggregate(samples), notes
 
 
@@ -226,8 +243,8 @@ def format_table(rows, notes):
         rat = f"{r['ratio_to_veth']:.2f}" if r["ratio_to_veth"] is not None else ""
         lines.append(f"{r['topology']:<11} {r['client']:<14} {r['mtu']:>5} {r['metric']:<12} "
                      f"{r['value']:>10.2f} {r['min']:>10.2f} {r['max']:>10.2f} {rat:>7}")
-    for topo, why in notes.items():
-        lines.append(f"{topo}: skipped: {why}")
+    for what, why in notes.items():
+        lines.append(f"{what}: {why}")
     return "\n".join(lines)
 
 
@@ -241,8 +258,8 @@ def write_out(rows, notes, out_dir):
             rat = f"{r['ratio_to_veth']:.2f}" if r["ratio_to_veth"] is not None else ""
             f.write(f"| {r['topology']} | {r['client']} | {r['mtu']} | {r['metric']} | "
                     f"{r['value']:.2f} | {r['min']:.2f} | {r['max']:.2f} | {rat} |\n")
-        for topo, why in notes.items():
-            f.write(f"\n{topo}: skipped: {why}\n")
+        for what, why in notes.items():
+            f.write(f"\n{what}: {why}\n")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -270,7 +287,6 @@ def write_out(rows, notes, out_dir):
     bars(ax, [(f"{c} {m}", [value(t, c, 1500, f"rtt_us_{m}") for t in topos])
               for c in ("sockperf-64", "sockperf-1400") for m in ("p50", "p99")],
          "round trip (us)", "sockperf ping-pong round trip (median of runs, min-max bars)")
-    ax.set_yscale("log")
     fig.tight_layout()
     fig.savefig(os.path.join(out_dir, "rtt.png"), dpi=100)
     plt.close(fig)
@@ -291,7 +307,7 @@ def main(json_path=None, out_dir=None, quick=False, topologies=TOPOLOGIES, out=s
     print(f"({time.monotonic() - t0:.0f} s)", file=out)
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"rows": rows, "skipped": notes, "poll_us": POLL_US}, f, indent=1)
+            json.dump({"rows": rows, "notes": notes, "poll_us": POLL_US}, f, indent=1)
     if out_dir:
         write_out(rows, notes, out_dir)
     return rows, notes

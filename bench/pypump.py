@@ -21,7 +21,7 @@ TUNSETIFF, IFF_TAP, IFF_NO_PI = 0x400454CA, 0x0002, 0x1000
 def main(argv):
     role, path, tap_name, netns = argv
     from pyroute2 import netns as nslib
-    nslib.setns(netns)
+    nslib.setns(netns, flags=0)
     tap = os.open("/dev/net/tun", os.O_RDWR)
     fcntl.ioctl(tap, TUNSETIFF, struct.pack("16sH", tap_name.encode(), IFF_TAP | IFF_NO_PI))
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -42,7 +42,10 @@ def main(argv):
             frame = os.read(fd, 65536)
             if not frame:
                 return 0
-            os.write(tap, frame)
+            try:
+                os.write(tap, frame)
+            except OSError:
+                pass        # e.g. EIO while our tap is still down: drop the frame
 
 
 if __name__ == "__main__":

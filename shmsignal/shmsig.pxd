@@ -159,11 +159,17 @@ cdef inline void shmsig_drain(shmsig_t *s) noexcept nogil:
     s.stale = 0
 
 
+cdef inline void shmsig_allow_kick(shmsig_t *s) noexcept nogil:
+    """A kick reached us: let the peer send the next one.  For waiters that
+    do not need the fd drained (edge-triggered epoll sees every write)."""
+    venet_store_relaxed_u8(&s.shm.side[s.me].pending, 0)
+    venet_fence_seq_cst()
+
+
 cdef inline void shmsig_ack(shmsig_t *s) noexcept nogil:
     """The wait fd was readable: drain its counter and allow the next kick."""
     shmsig_drain(s)
-    venet_store_relaxed_u8(&s.shm.side[s.me].pending, 0)
-    venet_fence_seq_cst()
+    shmsig_allow_kick(s)
 
 
 cdef inline int shmsig_poll_window(shmsig_t *s, int64_t poll_ns) noexcept nogil:

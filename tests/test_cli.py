@@ -39,3 +39,20 @@ def test_bench_ring_quick_json(tmp_path):
     for row in rows:
         assert row["value"] is None or row["value"] > 0
     assert "ioq-pingpong-poll" in r.stdout
+
+
+def test_bench_notify_quick_json(tmp_path):
+    """Smoke: the RFC's experiment, every strategy, a tenth of the counts."""
+    out = tmp_path / "notify.json"
+    r = run("bench", "notify", "--quick", "--json", str(out))
+    assert r.returncode == 0, r.stderr
+    rows = {(row["name"], row["metric"]): row["value"] for row in json.loads(out.read_text())["rows"]}
+    for s in ("poll", "shmsignal", "always-kick", "timer"):
+        assert rows[(f"{s}-pingpong", "rtt_ns_p50")] > 0
+        assert rows[(f"{s}-stream-b32", "msgs_per_s")] > 0
+    # What each strategy is: polling and timers never kick; always-kick kicks
+    # for every message of a ping-pong; shmsignal no more often than that.
+    assert rows[("poll-pingpong", "kicks_per_msg")] == 0
+    assert rows[("timer-stream-b32", "kicks_per_msg")] == 0
+    assert rows[("always-kick-pingpong", "kicks_per_msg")] >= 1
+    assert rows[("shmsignal-stream-b32", "kicks_per_msg")] < rows[("always-kick-stream-b32", "kicks_per_msg")]

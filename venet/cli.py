@@ -41,6 +41,12 @@ def build_parser():
                       help="pin the two processes to CPUs A and B (default 0,1)")
     ring.add_argument("--quick", action="store_true", help="a tenth of the counts (smoke runs)")
     ring.set_defaults(func=_cmd_bench_ring)
+    nt = bsub.add_parser("notify", help="the RFC's experiment: poll, shmsignal, always-kick and "
+                                        "timer notifications through the rings")
+    nt.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    nt.add_argument("--cpus", type=_cpus, default=(0, 1), metavar="A,B")
+    nt.add_argument("--quick", action="store_true", help="a tenth of the counts")
+    nt.set_defaults(func=_cmd_bench_notify)
     e2e = bsub.add_parser("e2e", help="venet against veth, socat, a Python pump (and DPDK "
                                       "testpmd) with sockperf, ping -f and iperf3 (root)")
     e2e.add_argument("--quick", action="store_true", help="one run, 1 s clients, MTU 1500 only")
@@ -177,6 +183,12 @@ def _cmd_bench_ring(args):
         ring.main(cpus=args.cpus, json_path=args.json, quick=args.quick)
     except ValueError as e:
         raise UsageError(str(e))
+    return 0
+
+
+def _cmd_bench_notify(args):
+    from bench import notify
+    notify.main(cpus=args.cpus, json_path=args.json, quick=args.quick)
     return 0
 
 

@@ -14,7 +14,9 @@ def _enter_netns(ns):
     if ns:
         from pyroute2 import netns
         try:
-            netns.setns(ns)
+            # flags=0: enter only.  pyroute2's default (O_CREAT) would make
+            # a missing namespace instead of failing.
+            netns.setns(ns, flags=0)
         except OSError as e:
             raise UsageError(f"cannot enter network namespace {ns}: {e.strerror}")
 

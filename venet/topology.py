@@ -159,7 +159,7 @@ def _env():
 def _setns(ns):
     def enter():
         from pyroute2 import netns as nslib
-        nslib.setns(ns)
+        nslib.setns(ns, flags=0)
     return enter
 
 

@@ -91,15 +91,19 @@ cdef class Pump:
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise OSError(errno, "epoll_create1")
-        self._add(inr.r.sig.wait_fd, EV_IN)
-        self._add(outr.r.sig.wait_fd, EV_OUT)
+        # The kick eventfds are edge-triggered: every write by the peer is
+        # an edge, so the pump never needs to read them to re-arm (one
+        # syscall less per wake-up).  The peer kicks again only after we
+        # clear `pending`, which we do for each edge.
+        self._add(inr.r.sig.wait_fd, EV_IN, EPOLLET)
+        self._add(outr.r.sig.wait_fd, EV_OUT, EPOLLET)
         self._add(self.stop_fd, EV_STOP)
         self._add(tap_fd, EV_TAP)
         self.tap_armed = True
 
-    cdef _add(self, int fd, uint64_t tag):
+    cdef _add(self, int fd, uint64_t tag, uint32_t extra=0):
         cdef epoll_event ev
-        ev.events = EPOLLIN
+        ev.events = EPOLLIN | extra
         ev.data.u64 = tag
         if fd >= 0 and epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
             raise OSError(errno, f"epoll_ctl add fd {fd}")
@@ -282,9 +286,9 @@ cdef class Pump:
         for i in range(n):
             tag = evs[i].data.u64
             if tag == EV_IN:
-                shmsig_ack(&self.inr.r.sig)
+                shmsig_allow_kick(&self.inr.r.sig)
             elif tag == EV_OUT:
-                shmsig_ack(&self.outr.r.sig)
+                shmsig_allow_kick(&self.outr.r.sig)
                 out_full[0] = False
             elif tag == EV_STOP:
                 read(self.stop_fd, &cnt, 8)
