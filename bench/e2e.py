@@ -299,15 +299,27 @@ def write_out(rows, notes, out_dir):
     plt.close(fig)
 
 
+def _interrupt():
+    raise KeyboardInterrupt
+
+
 def main(json_path=None, out_dir=None, quick=False, topologies=TOPOLOGIES, out=sys.stdout):
+    from venet.service import on_stop_signals
     t0 = time.monotonic()
-    rows, notes = run(quick, topologies=topologies,
-                      progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+    # SIGTERM unwinds like Ctrl-C, so every Lab tears down what it made.
+    restore = on_stop_signals(_interrupt)
+    try:
+        rows, notes = run(quick, topologies=topologies,
+                          progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+    finally:
+        restore()
     print(format_table(rows, notes), file=out)
     print(f"({time.monotonic() - t0:.0f} s)", file=out)
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"rows": rows, "notes": notes, "poll_us": POLL_US}, f, indent=1)
+            from bench.report import machine
+            json.dump({"rows": rows, "notes": notes, "poll_us": POLL_US, "machine": machine()}, f,
+                      indent=1)
     if out_dir:
         write_out(rows, notes, out_dir)
     return rows, notes

@@ -120,5 +120,7 @@ def main(cpus=(0, 1), json_path=None, quick=False, out=sys.stdout):
     print(f"(timer period {TIMER_US} us)", file=out)
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"rows": rows, "timer_us": TIMER_US, "cpus": list(cpus)}, f, indent=1)
+            from bench.report import machine
+            json.dump({"rows": rows, "timer_us": TIMER_US, "cpus": list(cpus), "machine": machine()},
+                      f, indent=1)
     return rows

@@ -364,5 +364,7 @@ def main(cpus=(0, 1), json_path=None, quick=False, out=sys.stdout):
             print(f"  {k:<44} {val:8.2f}", file=out)
     if json_path:
         with open(json_path, "w") as f:
-            json.dump({"rows": rows, "ratios": rat, "cpus": list(cpus)}, f, indent=1)
+            from bench.report import machine
+            json.dump({"rows": rows, "ratios": rat, "cpus": list(cpus), "machine": machine()}, f,
+                      indent=1)
     return rows

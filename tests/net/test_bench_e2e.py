@@ -30,3 +30,48 @@ def test_unknown_topology_is_a_usage_error():
     r = subprocess.run([sys.executable, "-m", "venet", "bench", "e2e", "--topologies", "nope"],
                        capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert r.returncode == 2 and "unknown topology" in r.stderr and "Traceback" not in r.stderr
+
+
+@needs_root
+def test_bench_e2e_sigterm_cleans_up():
+    """Stopped mid-run (SIGTERM), the bench removes its namespaces and
+    processes, like Ctrl-C."""
+    import signal
+    import time
+    before = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+    p = subprocess.Popen([sys.executable, "-m", "venet", "bench", "e2e", "--quick", "--topologies",
+                          "venet"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:          # wait until the lab exists
+            if "vnb-" in subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout:
+                break
+            time.sleep(0.1)
+        time.sleep(1.0)
+        p.send_signal(signal.SIGTERM)
+        p.communicate(timeout=60)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        after = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
+        left = sorted({line.split()[0] for line in after.splitlines()}
+                      - {line.split()[0] for line in before.splitlines()})
+        _remove_leftovers(left)
+    assert not left, f"namespaces left behind: {left}"
+
+
+def _remove_leftovers(namespaces):
+    """If the bench failed to clean up, this test still must: kill the
+    processes started for those namespaces (by pid) and remove them."""
+    import os
+    import signal
+    from pyroute2 import netns as nslib
+    for ns in namespaces:
+        pids = subprocess.run(["pgrep", "-f", ns], capture_output=True, text=True).stdout.split()
+        for pid in pids:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        nslib.remove(ns)

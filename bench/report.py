@@ -1,0 +1,206 @@
+"""Render docs/benchmarks.md from the JSON the benchmark commands wrote, so
+the page is kept current by re-running commands, never by hand:
+
+    make bench-ring bench-notify bench-e2e     # measure (writes docs/*.json)
+    python -m bench.report                     # = make bench-docs
+
+Prose lives here beside the tables it explains; figures come only from the
+JSON files (each records when and where it was measured).
+"""
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DOCS = os.path.join(ROOT, "docs")
+
+
+def machine():
+    """Where a benchmark ran: stored in its JSON."""
+    cpu = "unknown CPU"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        for line in out.splitlines():
+            if line.startswith("Model name:"):
+                cpu = line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return {"cpu": cpu, "cpus": os.cpu_count(), "kernel": platform.release(),
+            "python": platform.python_version(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+
+
+def _load(name):
+    path = os.path.join(DOCS, name)
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)
+
+
+def _where(data):
+    m = data.get("machine") or {}
+    if not m:
+        return "(machine not recorded)"
+    return f"{m['date']}, {m['cpu']} x{m['cpus']}, Linux {m['kernel']}, Python {m['python']}"
+
+
+def _fmt(metric, v):
+    if v is None:
+        return "n/a"
+    if metric.startswith("rtt_ns"):
+        return f"{v:,.0f} ns"
+    if metric == "msgs_per_s":
+        return f"{v / 1e6:,.2f} M/s"
+    if metric == "gbit_per_s":
+        return f"{v:.2f} Gbit/s"
+    if metric.startswith("rtt_us"):
+        return f"{v:.1f} us"
+    if metric == "rtt_per_s":
+        return f"{v:,.0f} /s"
+    if metric == "cpu_percent":
+        return f"{v:.1f}%"
+    return f"{v:.4g}"
+
+
+def ring_section(data):
+    rows = data["rows"]
+    v = {(r["name"], r["metric"]): r["value"] for r in rows}
+    spin = v.get(("spin-pingpong-c", "rtt_ns_p50"))
+    out = ["## Ring core: `venet bench ring`", "",
+           "```", "make bench-ring     # python -m venet bench ring --json docs/ring-bench.json", "```", "",
+           f"Two processes pinned to CPUs {data.get('cpus', [0, 1])}; every row from one run "
+           f"({_where(data)}).", "",
+           "| name | metric | value |", "|---|---|---:|"]
+    out += [f"| {r['name']} | {r['metric']} | {_fmt(r['metric'], r['value'])} |" for r in rows]
+    rat = data.get("ratios", {})
+    targets = [("ioq-pingpong-poll / spin-pingpong-c", "<= 1.5"),
+               ("ioq-pingpong-signal / eventfd-pingpong", "<= 1.1"),
+               ("ioq-stream-py-b1 / faster-fifo-b1", ">= 10"),
+               ("ioq-stream-py-b32 / faster-fifo-b32", ">= 50")]
+    out += ["", "Targets of issue 2 in this run:", "", "| target | limit | measured |", "|---|---|---:|"]
+    out += [f"| {k} | {lim} | {rat[k]:.2f} |" for k, lim in targets if k in rat]
+    for name, lim in (("ioq-stream-b32", 50e6), ("ioq-stream-b1", 10e6)):
+        if (name, "msgs_per_s") in v:
+            out.append(f"| {name} | >= {lim / 1e6:.0f} M/s | {v[(name, 'msgs_per_s')] / 1e6:.1f} M/s |")
+    out += ["", f"The bare cache-line round trip of this run, {spin:,.0f} ns, says where the two vCPUs "
+            "sat: about 100 ns when close, about 380 ns when far (both seen on this VM within one "
+            "session; the streams fall about 3x in the far placement).  Read rows against it.", "",
+            "- `spin-pingpong-c`: the limit, a bare busy-poll on one shared cache line (C, GIL released).",
+            "- `ioq-pingpong-poll`: one descriptor each way through two rings, both polling.  The "
+            "consumer polls the slot's own `seq` word, so one line moves per direction (an earlier "
+            "layout that read the producer's index first measured 1.9x the spin).",
+            "- `ioq-pingpong-signal`: both sides sleep in `shmsignal`; against a bare eventfd "
+            "ping-pong.  The eventfd is drained before the next sleep, off the wake-to-work path.",
+            "- `ioq-stream-bN`: 64-byte payloads copied into paired buffers, N per publication, "
+            "sequence checked; `-py-` rows use the Python API as users call it (`put`/`get`, "
+            "`put_batch`/`get_batch`), beside faster-fifo (`put`/`get`, `put_many`/`get_many`)."]
+    return out
+
+
+def notify_section(data):
+    by = {}
+    for r in data["rows"]:
+        by.setdefault(r["name"], {})[r["metric"]] = r["value"]
+    out = ["## The RFC's experiment: `venet bench notify`", "",
+           "```", "make bench-notify   # python -m venet bench notify --json docs/notify-bench.json", "```", "",
+           f"The same ring ping-pong and stream (64 B, batches of 32) with four ways to learn of "
+           f"work ({_where(data)}; timer period {data.get('timer_us')} us).  Kicks are eventfd "
+           "writes, counted on both sides, per message.", "",
+           "| strategy | ping-pong rtt p50 | kicks/msg | stream b32 | kicks/msg | wake-ups/msg |",
+           "|---|---:|---:|---:|---:|---:|"]
+    for s in ("poll", "shmsignal", "always-kick", "timer"):
+        p, st = by.get(f"{s}-pingpong"), by.get(f"{s}-stream-b32")
+        if p and st:
+            out.append(f"| {s} | {p['rtt_ns_p50'] / 1000:.1f} us | {p['kicks_per_msg']:.3f} | "
+                       f"{st['msgs_per_s'] / 1e6:.1f} M/s | {st['kicks_per_msg']:.4f} | "
+                       f"{st['wakeups_per_msg']:.4f} |")
+    out += ["", "A ping-pong sleeps on both sides every time, so signalling only when asked sends "
+            "as many kicks as kicking always; the difference is in a stream, where the consumer is "
+            "usually awake: shmsignal suppresses almost every kick.  A timer never kicks and pays "
+            "for it in latency, as the tx-mitigation timer of the RFC's virtio-net did (3125 us "
+            "against venet's 65 us there)."]
+    return out
+
+
+def e2e_section(data):
+    rows = data["rows"]
+    out = ["## Side by side: `venet bench e2e`", "",
+           "```", "make bench-e2e      # bench/install-clients.sh, then",
+           "                    # python -m venet bench e2e --json docs/e2e.json --out docs/e2e", "```", "",
+           f"Each topology built in fresh namespaces, measured, torn down; medians of the runs "
+           f"with min and max ({_where(data)}; venet-poll uses --poll-us {data.get('poll_us')}).  "
+           "Ratios are to veth in the same run.", "",
+           "![round trips](e2e/rtt.png)", "", "![TCP](e2e/tcp.png)", "",
+           "| topology | client | mtu | metric | median | min | max | x veth |",
+           "|---|---|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        rat = f"{r['ratio_to_veth']:.2f}" if r.get("ratio_to_veth") is not None else ""
+        out.append(f"| {r['topology']} | {r['client']} | {r['mtu']} | {r['metric']} | "
+                   f"{_fmt(r['metric'], r['value'])} | {_fmt(r['metric'], r['min'])} | "
+                   f"{_fmt(r['metric'], r['max'])} | {rat} |")
+    for what, why in (data.get("notes") or {}).items():
+        out.append(f"\n- {what}: {why.splitlines()[0][:300]}")
+    v = {(r["topology"], r["client"], r["mtu"], r["metric"]): r["value"] for r in rows}
+
+    def g(t, c, m, metric):
+        return v.get((t, c, m, metric))
+    lines = []
+    veth = g("veth", "sockperf-64", 1500, "rtt_us_p50")
+    for t in ("venet", "venet-poll"):
+        x = g(t, "sockperf-64", 1500, "rtt_us_p50")
+        if veth and x:
+            lines.append(f"- sockperf 64 B p50, {t}: {x:.1f} us = {x / veth:.2f}x veth "
+                         f"(issue 3 target: {'1.3x' if t == 'venet' else '0.6x'}).")
+    for mtu in (1500, 9000):
+        x, s = g("venet", f"iperf3-mtu{mtu}", mtu, "gbit_per_s"), g("socat", f"iperf3-mtu{mtu}", mtu, "gbit_per_s")
+        if x and s:
+            lines.append(f"- TCP at MTU {mtu}: venet {x:.2f} Gbit/s = {x / s:.1f}x socat "
+                         f"(issue 3 target: 1.2x).")
+    idle = g("venet-poll", "idle", 1500, "cpu_percent")
+    if idle is not None:
+        lines.append(f"- Idle CPU of bridge+attach with --poll-us: {idle:.1f}% (target: under 2%).")
+    if lines:
+        out += ["", "Against issue 3's targets, from this run:", ""] + lines
+    out += ["", "What the round trips are made of: every venet round trip wakes the bridge and "
+            "attach pumps once each way on top of what veth pays, and on this VM a wake-up of an "
+            "idle vCPU costs tens of microseconds.  `--poll-us` keeps the pumps awake for a "
+            "bounded window after work; it helps `ping`, whose gaps are idle, but under sockperf "
+            "the two vCPUs are already busy with the clients, and polling pumps compete with them."]
+    return out
+
+
+def render():
+    out = ["# Benchmarks", "",
+           "Generated by `python -m bench.report` (`make bench-docs`) from the JSON files the "
+           "commands below wrote; do not edit by hand.  The machine is a 2-vCPU VM: absolute "
+           "figures move by tens of percent between runs and even within a session (the two "
+           "vCPUs are placed close or far apart by the host), so compare rows of the same run.", ""]
+    for name, section in (("ring-bench.json", ring_section), ("notify-bench.json", notify_section),
+                          ("e2e.json", e2e_section)):
+        data = _load(name)
+        if data:
+            out += section(data) + [""]
+        else:
+            out += [f"({name} has not been produced yet.)", ""]
+    out += ["## pytest-benchmark suites", "",
+            "```",
+            "make bench          # python -m pytest bench --benchmark-only (ring, Python API,",
+            "                    # frontend echo vs a plain tap fd, VenetSocket vs scapy's TunTapInterface)",
+            "make bench-save     # store the reference under bench/baselines (commit it)",
+            "make bench-compare  # compare with it; fails if a median regressed by more than 50%",
+            "```", ""]
+    return "\n".join(out)
+
+
+def main():
+    text = render()
+    with open(os.path.join(DOCS, "benchmarks.md"), "w") as f:
+        f.write(text)
+    print(f"wrote docs/benchmarks.md ({len(text)} bytes)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
