@@ -3,7 +3,7 @@
 # ping), plus matplotlib for --out plots.  --dpdk adds dpdk-testpmd.
 set -euo pipefail
 pkgs=(sockperf iperf3 socat iputils-ping)
-[ "${1:-}" = "--dpdk" ] && pkgs+=(dpdk)
+[ "${1:-}" = "--dpdk" ] && pkgs+=(dpdk-dev)     # dpdk-testpmd
 missing=()
 for p in "${pkgs[@]}"; do dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -53,21 +53,33 @@ class Lab:
     def addr(self, ns, ifname, addr, prefixlen=24, mtu=None):
         add_addr(ns, ifname, addr, prefixlen, mtu=mtu)
 
-    def start(self, argv, ns=None, ready="ready", timeout=20):
-        """Start a helper process (in `ns` if given); with `ready`, wait for
-        a line starting with it on its stdout."""
+    def start(self, argv, ns=None, ready="ready", timeout=20, stdin=None):
+        """Start a helper process (in `ns` if given); with `ready`, wait
+        until a line of its stdout contains it."""
         p = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                             preexec_fn=_setns(ns) if ns else None, cwd=ROOT,
+                             stdin=stdin, preexec_fn=_setns(ns) if ns else None, cwd=ROOT,
                              env=_env(), start_new_session=True)
         self.procs.append(p)
         if ready:
             sel = selectors.DefaultSelector()
             sel.register(p.stdout, selectors.EVENT_READ)
-            if not sel.select(timeout) or not p.stdout.readline().startswith(ready):
-                p.kill()
-                p.wait()
-                raise RuntimeError(f"{argv[0]} did not start: {p.stderr.read().strip()[-300:]}")
+            deadline = time.monotonic() + timeout
+            while True:
+                left = deadline - time.monotonic()
+                line = p.stdout.readline() if left > 0 and sel.select(left) else ""
+                if ready in line:
+                    break
+                if not line:
+                    p.kill()
+                    p.wait()
+                    raise RuntimeError(f"{argv[0]} did not start: {p.stderr.read().strip()[-300:]}")
         return p
+
+    def move(self, ns_from, ifname, ns_to):
+        """Move link `ifname` from namespace ns_from into ns_to."""
+        from pyroute2 import IPRoute
+        with IPRoute(netns=ns_from) as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname=ifname)[0], net_ns_fd=ns_to)
 
     def veth(self, ns_a, ns_b, a="va", b="vb", mtu=None):
         """A veth pair with one end in each namespace."""
