@@ -201,10 +201,6 @@ cdef inline uint32_t ioq_pop(ioq_ring_t *r, ioq_item_t *out, uint32_t n,
         else:
             st = ioq_validate(r, it, NULL, 0)
         it.status = st
-        if st == IOQ_OK and it.sg_count == 0:
-            # The caller reads this buffer next; start the cross-core fetch
-            # now so the misses of a batch overlap instead of queueing.
-            venet_prefetch(r.base + it.offset)
         if st != IOQ_OK:
             r.bad[st] += 1
             it.sg_count = 0

@@ -42,9 +42,6 @@
 #define venet_cpu_relax()           __asm__ __volatile__("" ::: "memory")
 #endif
 
-/* Start fetching a line we will read soon (a buffer a descriptor names). */
-#define venet_prefetch(p)           __builtin_prefetch((const void *)(p), 0, 3)
-
 /* A monotonic clock in nanoseconds, cheap enough for bounded polls (vDSO). */
 #include <time.h>
 static inline uint64_t venet_now_ns(void)

@@ -15,5 +15,4 @@ cdef extern from "atomics.h" nogil:
     uint8_t venet_xchg_u8(void *p, uint8_t v)
     void venet_fence_seq_cst()
     void venet_cpu_relax()
-    void venet_prefetch(const void *p)
     uint64_t venet_now_ns()
