@@ -277,15 +277,9 @@ def format_table(rows, notes):
 def write_out(rows, notes, out_dir):
     """A markdown table and PNG plots (matplotlib) in out_dir."""
     os.makedirs(out_dir, exist_ok=True)
+    from bench.report import e2e_table
     with open(os.path.join(out_dir, "e2e.md"), "w") as f:
-        f.write("| topology | client | mtu | metric | median | min | max | x veth |\n")
-        f.write("|---|---|---:|---|---:|---:|---:|---:|\n")
-        for r in rows:
-            rat = f"{r['ratio_to_veth']:.2f}" if r["ratio_to_veth"] is not None else ""
-            f.write(f"| {r['topology']} | {r['client']} | {r['mtu']} | {r['metric']} | "
-                    f"{r['value']:.2f} | {r['min']:.2f} | {r['max']:.2f} | {rat} |\n")
-        for what, why in notes.items():
-            f.write(f"\n{what}: {why}\n")
+        f.write("\n".join(e2e_table(rows, notes)) + "\n")
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

@@ -129,6 +129,21 @@ def notify_section(data):
     return out
 
 
+def e2e_table(rows, notes):
+    """The e2e rows (and notes) as markdown lines: used here and by
+    `venet bench e2e --out`."""
+    out = ["| topology | client | mtu | metric | median | min | max | x veth |",
+           "|---|---|---:|---|---:|---:|---:|---:|"]
+    for r in rows:
+        rat = f"{r['ratio_to_veth']:.2f}" if r.get("ratio_to_veth") is not None else ""
+        out.append(f"| {r['topology']} | {r['client']} | {r['mtu']} | {r['metric']} | "
+                   f"{_fmt(r['metric'], r['value'])} | {_fmt(r['metric'], r['min'])} | "
+                   f"{_fmt(r['metric'], r['max'])} | {rat} |")
+    for what, why in (notes or {}).items():
+        out.append(f"\n- {what}: {why.splitlines()[0][:300]}")
+    return out
+
+
 def e2e_section(data):
     rows = data["rows"]
     out = ["## Side by side: `venet bench e2e`", "",
@@ -137,16 +152,8 @@ def e2e_section(data):
            f"Each topology built in fresh namespaces, measured, torn down; medians of the runs "
            f"with min and max ({_where(data)}; venet-poll uses --poll-us {data.get('poll_us')}).  "
            "Ratios are to veth in the same run.", "",
-           "![round trips](e2e/rtt.png)", "", "![TCP](e2e/tcp.png)", "",
-           "| topology | client | mtu | metric | median | min | max | x veth |",
-           "|---|---|---:|---|---:|---:|---:|---:|"]
-    for r in rows:
-        rat = f"{r['ratio_to_veth']:.2f}" if r.get("ratio_to_veth") is not None else ""
-        out.append(f"| {r['topology']} | {r['client']} | {r['mtu']} | {r['metric']} | "
-                   f"{_fmt(r['metric'], r['value'])} | {_fmt(r['metric'], r['min'])} | "
-                   f"{_fmt(r['metric'], r['max'])} | {rat} |")
-    for what, why in (data.get("notes") or {}).items():
-        out.append(f"\n- {what}: {why.splitlines()[0][:300]}")
+           "![round trips](e2e/rtt.png)", "", "![TCP](e2e/tcp.png)", ""]
+    out += e2e_table(rows, data.get("notes"))
     v = {(r["topology"], r["client"], r["mtu"], r["metric"]): r["value"] for r in rows}
 
     def g(t, c, m, metric):
