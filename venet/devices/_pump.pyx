@@ -161,28 +161,27 @@ cdef class Pump:
             shmsig_inject(&r.sig)
         return k
 
-    cdef int _tap_to_ring(self) noexcept nogil:
-        """Read up to budget frames; 1 if the tap may have more, 0 if it is
-        empty, -1 if the ring is full."""
+    cdef uint32_t _tap_to_ring(self, bint *empty, bint *full) noexcept nogil:
+        """Read up to budget frames into the out ring; returns how many.
+        Sets *empty when the tap said EAGAIN, *full when the ring had no
+        free slot."""
         cdef ioq_ring_t *r = &self.outr.r
         cdef uint32_t n = self.budget, got = 0
         cdef ioq_desc_t *d = ioq_reserve(r, &n)
         cdef uint64_t off
         cdef ssize_t len_
-        cdef int more = 1
+        empty[0] = False
+        full[0] = n == 0
         if n == 0:
             self.st.out_ring_full += 1
-            return -1
+            return 0
         while got < n:
             off = self.pair_off + <uint64_t>((r.head + got) & r.mask) * self.buf_size
             len_ = read(self.tap_fd, r.base + off, self.buf_size)
-            if len_ < 0:
-                if errno != EAGAIN and errno != EINTR:
+            if len_ <= 0:
+                if len_ < 0 and errno != EAGAIN and errno != EINTR:
                     self.st.tap_read_errors += 1
-                more = 0
-                break
-            if len_ == 0:
-                more = 0
+                empty[0] = True
                 break
             d[got].cookie = r.head + got
             d[got].offset = off
@@ -195,15 +194,20 @@ cdef class Pump:
             ioq_commit(r, got)
             self.st.from_tap_frames += got
             shmsig_inject(&r.sig)
-        return more
+        return got
 
     def run(self, double timeout=-1):
         """Pump until stop() (or `timeout` seconds, for tests).  Returns
         'stopped', 'timeout' or 'broken' (the peer corrupted a ring index)."""
         cdef epoll_event evs[8]
-        cdef int n, tap_state, did
+        cdef int n
+        cdef uint32_t did
         cdef uint64_t deadline = 0, pdead
         cdef bint stop = False, out_full = False, recent = False
+        # The tap is read only while it may hold frames: until a read says
+        # EAGAIN, then again once epoll reports it readable.  (Reading it
+        # on every turn cost two EAGAIN reads per wake-up.)
+        cdef bint tap_ready = True, tap_empty
         cdef int ms
         if timeout >= 0:
             deadline = venet_now_ns() + <uint64_t>(timeout * 1e9)
@@ -216,10 +220,10 @@ cdef class Pump:
                 if shmsig_take(&self.outr.r.sig):
                     out_full = False
                 did = self._ring_to_tap()
-                tap_state = self._tap_to_ring()
-                out_full = tap_state == -1
-                if tap_state == 1:
-                    did += 1
+                if tap_ready:
+                    did += self._tap_to_ring(&tap_empty, &out_full)
+                    if tap_empty:
+                        tap_ready = False
                 # While the out ring is full, the tap's readiness must not
                 # wake us: frames wait in the tap queue until space returns.
                 self._arm_tap(not out_full)
@@ -250,7 +254,7 @@ cdef class Pump:
                         # 1930 us; yielding, 105 us (no poll: 216 us).
                         sched_yield()
                     if n > 0:
-                        self._drain_events(evs, n, &stop, &out_full)
+                        self._drain_events(evs, n, &stop, &out_full, &tap_ready)
                     if n > 0 or ioq_peek(&self.inr.r):
                         self.st.busy_polls += 1
                         continue
@@ -274,13 +278,14 @@ cdef class Pump:
                 shmsig_disable(&self.outr.r.sig)
                 if n > 0:
                     self.st.wakeups += 1
-                    self._drain_events(evs, n, &stop, &out_full)
+                    self._drain_events(evs, n, &stop, &out_full, &tap_ready)
         self.running = False
         if self.inr.r.broken or self.outr.r.broken:
             return "broken"
         return "stopped" if stop else "timeout"
 
-    cdef void _drain_events(self, epoll_event *evs, int n, bint *stop, bint *out_full) noexcept nogil:
+    cdef void _drain_events(self, epoll_event *evs, int n, bint *stop, bint *out_full,
+                            bint *tap_ready) noexcept nogil:
         cdef int i
         cdef uint64_t cnt, tag
         for i in range(n):
@@ -290,6 +295,8 @@ cdef class Pump:
             elif tag == EV_OUT:
                 shmsig_allow_kick(&self.outr.r.sig)
                 out_full[0] = False
+            elif tag == EV_TAP:
+                tap_ready[0] = True
             elif tag == EV_STOP:
                 read(self.stop_fd, &cnt, 8)
                 stop[0] = True
