@@ -36,6 +36,7 @@ cdef enum:
     # Frame flags the pump does not yet know how to honour (offloads are
     # negotiated off until issue 5): such frames are dropped and counted.
     UNSUPPORTED_FLAGS = 0xffff0000
+    MIN_POLL_NS = 20_000        # the shortest adaptive poll window
 
 
 cdef struct pump_stats_t:
@@ -208,6 +209,8 @@ cdef class Pump:
         # EAGAIN, then again once epoll reports it readable.  (Reading it
         # on every turn cost two EAGAIN reads per wake-up.)
         cdef bint tap_ready = True, tap_empty
+        cdef int64_t window = self.poll_ns
+        cdef int64_t floor_ns = MIN_POLL_NS if MIN_POLL_NS < self.poll_ns else self.poll_ns
         cdef int ms
         if timeout >= 0:
             deadline = venet_now_ns() + <uint64_t>(timeout * 1e9)
@@ -239,7 +242,7 @@ cdef class Pump:
                     recent = False
                     # Bounded busy-poll: the ring's next slot, and the fds
                     # (tap, kicks, stop) through a non-blocking epoll.
-                    pdead = venet_now_ns() + <uint64_t>self.poll_ns
+                    pdead = venet_now_ns() + <uint64_t>window
                     n = 0
                     while venet_now_ns() < pdead:
                         if ioq_peek(&self.inr.r):
@@ -256,8 +259,14 @@ cdef class Pump:
                     if n > 0:
                         self._drain_events(evs, n, &stop, &out_full, &tap_ready)
                     if n > 0 or ioq_peek(&self.inr.r):
+                        # Adaptive: a window that caught work doubles (up to
+                        # --poll-us), one that expired empty halves, so
+                        # sporadic frames (neighbour discovery on an idle
+                        # link) stop buying full windows.
                         self.st.busy_polls += 1
+                        window = window * 2 if window * 2 < self.poll_ns else self.poll_ns
                         continue
+                    window = window // 2 if window // 2 > floor_ns else floor_ns
                 # Arm, re-check, sleep.
                 if shmsig_enable(&self.inr.r.sig):
                     shmsig_disable(&self.inr.r.sig)
