@@ -18,6 +18,7 @@ MODULES = [
     "ioq._ring",
     "bench._ringbench",
     "venet.devices._pump",
+    "venet._frames",
 ]
 
 

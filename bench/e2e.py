@@ -292,6 +292,9 @@ def write_out(rows, notes, out_dir):
         return None
 
     def bars(ax, series, ylabel, title):
+        if not series or not topos:
+            ax.set_title(f"{title}: no results")
+            return
         width = 0.8 / len(series)
         for i, (label, vals) in enumerate(series):
             xs = [j + i * width for j in range(len(topos))]

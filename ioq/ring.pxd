@@ -107,9 +107,21 @@ cdef inline ioq_desc_t *ioq_reserve(ioq_ring_t *r, uint32_t *n) noexcept nogil:
     return &r.desc[r.head & r.mask]
 
 
+cdef inline ioq_desc_t *ioq_slot(ioq_ring_t *r, uint32_t i) noexcept nogil:
+    """Producer, zero-copy across the wrap: the descriptor of the i-th free
+    slot after head (i below what ioq_free returned).  Fill it in place;
+    ioq_commit publishes."""
+    return &r.desc[(r.head + i) & r.mask]
+
+
 cdef inline bint ioq_peek(ioq_ring_t *r) noexcept nogil:
     """Consumer: is the next slot published?"""
     return venet_load_acquire_u32(&r.desc[r.head & r.mask].seq) == r.head + 1
+
+
+cdef inline bint ioq_peek_at(ioq_ring_t *r, uint32_t i) noexcept nogil:
+    """Consumer: is the slot i places after the next one published?"""
+    return venet_load_acquire_u32(&r.desc[(r.head + i) & r.mask].seq) == r.head + i + 1
 
 
 cdef inline uint32_t ioq_avail(ioq_ring_t *r) noexcept nogil:
@@ -213,6 +225,21 @@ cdef inline uint32_t ioq_pop(ioq_ring_t *r, ioq_item_t *out, uint32_t n,
     if sg_used != NULL:
         sg_used[0] = used
     return k
+
+
+cdef inline void ioq_unpop(ioq_ring_t *r, const ioq_item_t *items, uint32_t k) noexcept nogil:
+    """Consumer: give back the last k popped, not yet released, descriptors
+    (`items` points at the first of them): the next pop copies and
+    validates them again.  For a layer that must see a whole group of
+    descriptors (a frame chain) before it can act on any of them."""
+    cdef uint32_t i
+    if k > r.head - r.released:
+        k = r.head - r.released
+    for i in range(k):
+        if items[i].status != IOQ_OK:
+            r.bad[items[i].status] -= 1
+    r.head -= k
+    r.ops -= k
 
 
 cdef inline void ioq_release(ioq_ring_t *r) noexcept nogil:

@@ -6,16 +6,60 @@ NRINGS = 3
 ETH_HLEN = 14
 MIN_MTU, MAX_MTU = 68, 9000
 MIN_FRAME = 14
+META_SIZE = 16                     # the offload record before a frame (and the tap's vnet header)
+MAX_GSO_FRAME = 65536 + 14 + 4     # 64 KiB datagram + Ethernet header + VLAN tag
+MAX_CHAIN = 64                     # descriptors in one F_MORE chain
 
 FUNC_LINKUP, FUNC_LINKDOWN, FUNC_MACQUERY, FUNC_NEGCAP, FUNC_FLUSHRX = range(5)
 
 CAP_GROUP_SG, CAP_GROUP_EVENTQ = 0, 1
 CAP_SG, CAP_TSO4, CAP_TSO6, CAP_ECN, CAP_UFO = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4
+CAP_CSUM, CAP_USO = 1 << 6, 1 << 7
 CAP_EVQ_LINKSTATE, CAP_EVQ_TXC = 1 << 0, 1 << 1
-# What this backend offers per group (offloads arrive with issue 5).
-BACKEND_CAPS = {CAP_GROUP_SG: CAP_SG, CAP_GROUP_EVENTQ: CAP_EVQ_LINKSTATE}
+# The offload bits of the SG group, and what each needs besides itself.
+OFFLOAD_CAPS = CAP_CSUM | CAP_TSO4 | CAP_TSO6 | CAP_ECN | CAP_USO
+CAP_NAMES = {CAP_SG: "sg", CAP_CSUM: "csum", CAP_TSO4: "tso4", CAP_TSO6: "tso6",
+             CAP_ECN: "tso-ecn", CAP_UFO: "ufo", CAP_USO: "uso"}
 
-F_NEEDS_CSUM, F_GSO, F_ECN, F_TXC = 1 << 16, 1 << 17, 1 << 18, 1 << 19
+
+def consistent_caps(bits):
+    """Drop offload bits whose prerequisites are missing: every offload
+    needs CSUM (a segment's checksum is always partial), ECN needs TSO."""
+    if not bits & CAP_CSUM:
+        bits &= ~(CAP_TSO4 | CAP_TSO6 | CAP_ECN | CAP_USO | CAP_UFO)
+    if not bits & (CAP_TSO4 | CAP_TSO6):
+        bits &= ~CAP_ECN
+    return bits
+
+
+def cap_names(bits):
+    """'csum,tso4,...' for SG-group bits."""
+    return ",".join(n for b, n in CAP_NAMES.items() if bits & b) or "none"
+
+
+def parse_offloads(text):
+    """SG-group offload bits from 'all', 'none' or a comma list of
+    csum, tso4, tso6, tso-ecn, uso.  ValueError names what is unknown."""
+    text = text.strip().lower()
+    if text == "all":
+        return OFFLOAD_CAPS
+    if text in ("none", ""):
+        return 0
+    by_name = {n: b for b, n in CAP_NAMES.items() if b & OFFLOAD_CAPS}
+    bits = 0
+    for name in text.split(","):
+        name = name.strip()
+        if name not in by_name:
+            raise ValueError(f"unknown offload {name!r} (choose from all, none, {', '.join(by_name)})")
+        bits |= by_name[name]
+    return bits
+
+
+F_NEEDS_CSUM, F_GSO, F_ECN, F_TXC, F_MORE = 1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20
+GSO_TCPV4, GSO_UDP, GSO_TCPV6, GSO_UDP_L4 = 0, 1, 2, 3
+GSO_NAMES = {GSO_TCPV4: "tcpv4", GSO_UDP: "udp", GSO_TCPV6: "tcpv6", GSO_UDP_L4: "udp_l4"}
+# Which SG-group capability allows each GSO type.
+GSO_CAP = {GSO_TCPV4: CAP_TSO4, GSO_UDP: CAP_UFO, GSO_TCPV6: CAP_TSO6, GSO_UDP_L4: CAP_USO}
 
 EV_LINKSTATE, EV_TXC = 0, 1
 EVENT_SIZE = 24
@@ -28,8 +72,10 @@ MEMORY_BUDGET = 4 << 20     # default device memory: rings and buffers
 
 
 def buf_size_for(mtu):
-    """Per-slot buffer bytes for a device of this MTU: one frame fits."""
-    return max(2048, (mtu + ETH_HLEN + 63) // 64 * 64)
+    """Per-slot buffer bytes for a device of this MTU: one frame fits, with
+    room before it for the offload record (the tap's vnet header lands
+    there when the backend reads a frame)."""
+    return max(2048, (META_SIZE + mtu + ETH_HLEN + 63) // 64 * 64)
 
 
 def ring_size_for(mtu, budget=MEMORY_BUDGET):

@@ -3,6 +3,7 @@
 import os
 import threading
 
+from venet import abi
 from venet.devices import tap as taplib
 from venet.devices._pump import Pump
 
@@ -14,8 +15,17 @@ class Attachment:
         self.tap_name = tap_name
         try:
             taplib.configure(tap_name, mtu=device.mtu, up=True)
+            # The same offloads both ways: the kernel may hand our tap's
+            # reader what the bridge accepts, and the bridge sends us only
+            # what our tap was told to take.
+            caps = device.offloads & taplib.supported_offloads(self.tap_fd)
+            if caps != device.offloads:
+                raise taplib.TapError(f"this kernel's tun lacks offloads "
+                                      f"{abi.cap_names(device.offloads & ~caps)} the device negotiated")
+            taplib.set_offloads(self.tap_fd, caps)
             # in = RX ring (frames for our tap), out = TX ring (frames from it)
-            self.pump = Pump(device.rx, device.tx, self.tap_fd, poll_us=poll_us)
+            self.pump = Pump(device.rx, device.tx, self.tap_fd, poll_us=poll_us,
+                             mtu=device.mtu, caps=caps)
         except BaseException:
             os.close(self.tap_fd)
             raise

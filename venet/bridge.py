@@ -31,7 +31,8 @@ class DeviceError(Exception):
 class Device:
     """One virtual-ethernet device of the bus, backed by a tap."""
 
-    def __init__(self, name, tap_name, tap_fd, created, mac, mtu, poll_us=0):
+    def __init__(self, name, tap_name, tap_fd, created, mac, mtu, poll_us=0,
+                 offloads=abi.OFFLOAD_CAPS):
         self.name = name
         self.tap_name = tap_name
         self.tap_fd = tap_fd
@@ -47,10 +48,24 @@ class Device:
         self.evq = None
         self.link = False
         self.totals = {}            # counters of earlier sessions
+        # What this device offers per capability group: SG chains always,
+        # offloads as far as the kernel's tun supports them.
+        if tap_fd >= 0:
+            offloads = abi.consistent_caps(offloads & taplib.supported_offloads(tap_fd))
+        else:
+            offloads = 0
+        self.offered = {abi.CAP_GROUP_SG: abi.CAP_SG | offloads,
+                        abi.CAP_GROUP_EVENTQ: abi.CAP_EVQ_LINKSTATE}
+
+    @property
+    def offloads(self):
+        """The negotiated offload bits (SG group)."""
+        return abi.consistent_caps(self.caps.get(abi.CAP_GROUP_SG, 0)) & abi.OFFLOAD_CAPS
 
     def describe(self):
         return {"name": self.name, "type": abi.DEVICE_TYPE, "mac": self.mac, "mtu": self.mtu,
-                "busy": self.owner is not None, "link": self.link}
+                "busy": self.owner is not None, "link": self.link,
+                "offloads": abi.cap_names(self.offered[abi.CAP_GROUP_SG] & abi.OFFLOAD_CAPS)}
 
     def register(self, fds):
         if len(fds) != 1 + 2 * abi.NRINGS:
@@ -62,14 +77,15 @@ class Device:
         except ioq.RegionError as e:
             raise DeviceError(f"memory refused: {e}") from None
         try:
-            need = self.mtu + abi.ETH_HLEN
+            need = abi.META_SIZE + self.mtu + abi.ETH_HLEN
             if region.nrings != abi.NRINGS:
                 raise DeviceError(f"region has {region.nrings} rings, a venet device needs {abi.NRINGS}")
             for i in range(abi.NRINGS):
                 if region.paired_base(i) is None:
                     raise DeviceError(f"ring {i} has no paired buffers")
             if region.buf_size < need:
-                raise DeviceError(f"buffers of {region.buf_size} bytes cannot hold MTU {self.mtu} frames")
+                raise DeviceError(f"buffers of {region.buf_size} bytes cannot hold MTU {self.mtu} "
+                                  f"frames and their {abi.META_SIZE}-byte offload record")
             if region.size > 64 << 20:
                 raise DeviceError(f"region of {region.size} bytes exceeds the 64 MiB per-device limit")
         except BaseException:
@@ -82,10 +98,18 @@ class Device:
             raise DeviceError("register memory before link up")
         if self.pump is not None:
             return
-        tx = self.region.consumer(abi.RING_TX, max_len=self.mtu + abi.ETH_HLEN)
+        caps = self.offloads
+        gso = caps & ~abi.CAP_CSUM
+        longest = abi.MAX_GSO_FRAME if gso else self.mtu + abi.ETH_HLEN
+        tx = self.region.consumer(abi.RING_TX, max_len=abi.META_SIZE + longest)
         rx = self.region.producer(abi.RING_RX)
         self.evq = self.region.producer(abi.RING_EVQ)
-        self.pump = Pump(tx, rx, self.tap_fd, poll_us=self.poll_us)
+        try:
+            self.pump = Pump(tx, rx, self.tap_fd, poll_us=self.poll_us, mtu=self.mtu, caps=caps)
+        except ValueError as e:
+            raise DeviceError(str(e)) from None
+        # The kernel may now hand the tap's reader what the frontend accepts.
+        taplib.set_offloads(self.tap_fd, caps)
         self.thread = threading.Thread(target=self._run, name=f"pump-{self.name}", daemon=True)
         self.thread.start()
         self.link = True
@@ -113,6 +137,11 @@ class Device:
             self._fold_stats(self.pump.stats())
             self.pump = None
             self.thread = None
+            if self.tap_fd >= 0:
+                try:
+                    taplib.set_offloads(self.tap_fd, 0)
+                except taplib.TapError as e:
+                    log.warning("device %s: %s", self.name, e)
         self.link = False
 
     def reset(self):
@@ -258,6 +287,10 @@ class Bridge:
                 self._drop(conn)
         except OSError:
             self._drop(conn)
+        except Exception:
+            # A bug of ours must cost one connection, not the bus.
+            log.exception("closing control connection after an internal error")
+            self._drop(conn)
         finally:
             for fd in fds:
                 os.close(fd)
@@ -300,7 +333,9 @@ class Bridge:
             bits = field(body, "bits", int, lo=0, hi=0xffffffff)
             if dev.link:
                 raise DeviceError("capabilities cannot change while the link is up")
-            got = bits & abi.BACKEND_CAPS.get(gid, 0)
+            got = bits & dev.offered.get(gid, 0)
+            if gid == abi.CAP_GROUP_SG:
+                got = abi.consistent_caps(got)
             dev.caps[gid] = got
             return {"group": gid, "bits": got}
         if mtype == control.MACQUERY:

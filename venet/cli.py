@@ -68,6 +68,9 @@ def build_parser():
                     help="busy-poll up to N us before sleeping (default 0: never)")
     br.add_argument("--group", type=_group, help="let this group use the socket (mode 0660)")
     br.add_argument("--device", help="device name on the bus (default: the tap name)")
+    br.add_argument("--offloads", type=_offloads, default="all", metavar="LIST",
+                    help="offloads to offer frontends: all (default: what the kernel's tun "
+                         "supports), none, or a list of csum,tso4,tso6,tso-ecn,uso")
     br.set_defaults(func=_cmd_bridge)
 
     at = sub.add_parser("attach", help="a frontend that shows the device as a tap of its own")
@@ -76,6 +79,9 @@ def build_parser():
     at.add_argument("--tap", required=True, type=_ifname)
     at.add_argument("--netns", type=_netns)
     at.add_argument("--poll-us", type=_poll, default=0, metavar="N")
+    at.add_argument("--offloads", type=_offloads, default="all", metavar="LIST",
+                    help="offloads to ask for and switch on the tap: all (default), none, "
+                         "or a list of csum,tso4,tso6,tso-ecn,uso")
     at.set_defaults(func=_cmd_attach)
 
     st = sub.add_parser("stats", help="per-device counters of a running bridge")
@@ -116,6 +122,14 @@ def _sockpath(text):
     if not os.path.isdir(d) and d != "/run/venet":
         raise argparse.ArgumentTypeError(f"directory {d} does not exist")
     return text
+
+
+def _offloads(text):
+    from venet import abi
+    try:
+        return abi.parse_offloads(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
 
 
 def _mtu(text):

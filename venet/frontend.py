@@ -9,13 +9,15 @@ The frontend creates and seals the device memory, registers it with the
 backend and brings the link up.  It needs no privileges beyond access to
 the control socket.
 """
+import collections
 import select
 import socket
 import struct
 import time
 
 import ioq
-from venet import abi, control
+from venet import abi, control, offload
+from venet import _frames
 
 # How often a blocked recv() looks at the control socket for a dead backend.
 _LIVENESS_SLICE = 0.2
@@ -52,16 +54,22 @@ class Bus:
     def stats(self):
         return control.call(self.sock, control.STATS)
 
-    def open(self, name=None, *, ring_size=None, poll_us=0):
+    def open(self, name=None, *, ring_size=None, poll_us=0, offloads=0):
         """Open a device (the only one if name is None) and bring its link up.
         ring_size defaults to the largest that keeps the device's memory
-        within abi.MEMORY_BUDGET for its MTU."""
+        within abi.MEMORY_BUDGET for its MTU.  offloads: the SG-group bits
+        to ask for (abi.CAP_CSUM, CAP_TSO4, ...), "all", or a list such as
+        "csum,tso4"; `Device.offloads` holds what the backend granted.
+        Without offloads every frame is plain; with them, recv_frame()
+        shows their metadata and recv() still returns plain frames."""
+        if isinstance(offloads, str):
+            offloads = abi.parse_offloads(offloads)
         if name is None:
             devs = self.list()
             if len(devs) != 1:
                 raise ValueError(f"the bus has {len(devs)} devices; name one")
             name = devs[0]["name"]
-        dev = Device(self, name, ring_size, poll_us)
+        dev = Device(self, name, ring_size, poll_us, offloads)
         self.devices[name] = dev
         return dev
 
@@ -78,19 +86,25 @@ class Bus:
 
 
 class Device:
-    def __init__(self, bus, name, ring_size, poll_us):
+    def __init__(self, bus, name, ring_size, poll_us, offloads=0):
         self.bus = bus
         self.name = name
         self.region = None
+        self._pending = collections.deque()     # software-segmented frames not yet returned
         info = control.call(bus.sock, control.OPEN, {"device": name})
         try:
             self.mac = info["mac"]
             self.mtu = info["mtu"]
             self.caps = {}
-            for gid, bits in ((abi.CAP_GROUP_SG, abi.CAP_SG),
+            want = abi.CAP_SG | abi.consistent_caps(offloads & abi.OFFLOAD_CAPS)
+            for gid, bits in ((abi.CAP_GROUP_SG, want),
                               (abi.CAP_GROUP_EVENTQ, abi.CAP_EVQ_LINKSTATE)):
                 r = control.call(bus.sock, control.NEGCAP, {"device": name, "group": gid, "bits": bits})
-                self.caps[gid] = r["bits"]
+                self.caps[gid] = r["bits"] & bits
+            # Only what both asked for and granted, made consistent.
+            self.offloads = abi.consistent_caps(self.caps[abi.CAP_GROUP_SG]) & abi.OFFLOAD_CAPS
+            self._max_frame = abi.MAX_GSO_FRAME if self.offloads & ~abi.CAP_CSUM else \
+                self.mtu + abi.ETH_HLEN
             ring_size = ring_size or abi.ring_size_for(self.mtu)
             self.region = ioq.Region.create([ring_size, ring_size, abi.EVQ_RING],
                                             buf_size=abi.buf_size_for(self.mtu), name=f"venet-{name}")
@@ -136,14 +150,24 @@ class Device:
 
     # ---- frames ---------------------------------------------------------
 
-    def send(self, frame, timeout=None):
-        """Queue one Ethernet frame (bytes-like, 14..MTU+14 bytes)."""
+    def send(self, frame, timeout=None, meta=None):
+        """Queue one Ethernet frame (bytes-like, 14..MTU+14 bytes; with a
+        GSO `meta`, up to abi.MAX_GSO_FRAME).  meta: an offload.Meta the
+        device negotiated (a partial checksum, a GSO super-frame)."""
         n = len(frame)
-        if not abi.MIN_FRAME <= n <= self.mtu + abi.ETH_HLEN:
-            raise ValueError(f"frame of {n} bytes: must be {abi.MIN_FRAME} to {self.mtu + abi.ETH_HLEN}")
+        limit = self.mtu + abi.ETH_HLEN if meta is None or meta.gso_type is None else self._max_frame
+        if not abi.MIN_FRAME <= n <= limit:
+            raise ValueError(f"frame of {n} bytes: must be {abi.MIN_FRAME} to {limit}")
+        if meta is not None:
+            missing = meta.caps_needed() & ~self.offloads
+            if missing:
+                raise ValueError(f"device {self.name} did not negotiate {abi.cap_names(missing)}")
+            put = lambda t: _frames.send_frame(self.tx, frame, meta.flags, meta.pack(), t)
+        else:
+            put = lambda t: self.tx.put(frame, timeout=t)
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not self.tx.put(frame, timeout=_LIVENESS_SLICE if timeout is None else
-                              max(0.0, min(_LIVENESS_SLICE, deadline - time.monotonic()))):
+        while not put(_LIVENESS_SLICE if timeout is None else
+                      max(0.0, min(_LIVENESS_SLICE, deadline - time.monotonic()))):
             self._check_backend()
             if deadline is not None and time.monotonic() >= deadline:
                 return False
@@ -158,10 +182,27 @@ class Device:
         how many were queued (as many as fit, without waiting)."""
         return self.tx.put_batch(frames, lens, timeout=0)
 
+    def _get(self, timeout):
+        """One plain frame or None, without liveness checks."""
+        if self._pending:
+            return self._pending.popleft()
+        if not self.offloads:
+            return self.rx.get(timeout=timeout)
+        got = _frames.recv_frame(self.rx, timeout)
+        if got is None:
+            return None
+        data, flags, rec = got
+        if rec is None:
+            return data
+        frames = offload.plain_frames(data, offload.Meta.unpack(flags, rec))
+        self._pending.extend(frames[1:])
+        return frames[0]
+
     def recv(self, timeout=None):
-        """The next frame as bytes; None on timeout.  Raises LinkDown if the
-        backend goes away while we wait."""
-        m = self.rx.get(timeout=0)
+        """The next frame as bytes, plain (checksummed, no larger than the
+        MTU) whatever was negotiated; None on timeout.  Raises LinkDown if
+        the backend goes away while we wait."""
+        m = self._get(0)
         if m is not None:
             return m
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -169,23 +210,57 @@ class Device:
             left = _LIVENESS_SLICE if deadline is None else min(_LIVENESS_SLICE, deadline - time.monotonic())
             if left <= 0:
                 return None
-            m = self.rx.get(timeout=left)
+            m = self._get(left)
             if m is not None:
                 return m
             self._check_backend()
 
+    def recv_frame(self, timeout=None):
+        """The next frame as it arrived, with its metadata: (bytes, Meta or
+        None).  On a device with offloads the frame may be a GSO
+        super-frame or carry a partial checksum (offload.plain_frames()
+        finishes it).  None on timeout."""
+        if self._pending:
+            return self._pending.popleft(), None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = _LIVENESS_SLICE if deadline is None else min(_LIVENESS_SLICE, deadline - time.monotonic())
+            if left <= 0:
+                return None
+            got = _frames.recv_frame(self.rx, max(0.0, left))
+            if got is not None:
+                data, flags, rec = got
+                return data, None if rec is None else offload.Meta.unpack(flags, rec)
+            self._check_backend()
+
     def recv_nowait(self):
         """A frame if one is waiting, else None (and arms fileno())."""
-        m = self.rx.get(timeout=0)
+        m = self._get(0)
         if m is None:
             if self.rx.arm():
-                return self.rx.get(timeout=0)
+                return self._get(0)
         return m
 
     def recv_batch(self, out, lens, timeout=None):
         """Copy up to len(out) frames into the rows of `out`; lengths into
         `lens`.  Returns the count (0 on timeout)."""
-        return self.rx.get_batch(out, lens, timeout=timeout)
+        if not self.offloads and not self._pending:
+            return self.rx.get_batch(out, lens, timeout=timeout)
+        n = 0
+        width = out.shape[1]
+        while n < len(out):
+            m = self._get(timeout if n == 0 else 0)
+            if m is None:
+                break
+            if len(m) > width:
+                self._pending.appendleft(m)
+                if n == 0:
+                    raise ValueError(f"frame of {len(m)} bytes does not fit rows of {width}")
+                break
+            out[n, :len(m)] = memoryview(m)
+            lens[n] = len(m)
+            n += 1
+        return n
 
     def recv_into(self, buffer, timeout=None):
         """Copy the next frame into `buffer`; returns its length, or 0 on
@@ -195,6 +270,7 @@ class Device:
             return 0
         mv = memoryview(buffer).cast("B")
         if len(m) > len(mv):
+            self._pending.appendleft(m)     # kept for the next call
             raise ValueError(f"frame of {len(m)} bytes does not fit a buffer of {len(mv)}")
         mv[:len(m)] = m
         return len(m)
@@ -204,7 +280,7 @@ class Device:
         returns how many were dropped."""
         control.call(self.bus.sock, control.FLUSHRX, {"device": self.name})
         n = 0
-        while self.rx.get(timeout=0) is not None:
+        while self._get(0) is not None:
             n += 1
         return n
 

@@ -38,7 +38,7 @@ def on_stop_signals(fn):
 
 
 def run_bridge(args):
-    from venet import bridge
+    from venet import abi, bridge
     from venet.devices import tap as taplib
     logging.basicConfig(level=logging.INFO, format="venet bridge: %(message)s", stream=sys.stderr)
     if os.geteuid() != 0:
@@ -57,7 +57,7 @@ def run_bridge(args):
         except taplib.TapError as e:
             raise UsageError(str(e))
         dev = bridge.Device(args.device or args.tap, args.tap, fd, created, None, None,
-                            poll_us=args.poll_us)
+                            poll_us=args.poll_us, offloads=args.offloads)
         br.devices[dev.name] = dev      # from here br.close() closes the tap
         try:
             taplib.configure(args.tap, mtu=args.mtu, mac=args.mac, master=args.master)
@@ -65,7 +65,8 @@ def run_bridge(args):
         except taplib.TapError as e:
             raise UsageError(str(e))
         on_stop_signals(br.stop)
-        logging.info("tap %s (%s, mtu %d) on %s", args.tap, dev.mac, dev.mtu, args.socket)
+        logging.info("tap %s (%s, mtu %d, offloads %s) on %s", args.tap, dev.mac, dev.mtu,
+                     abi.cap_names(dev.offered[abi.CAP_GROUP_SG] & abi.OFFLOAD_CAPS), args.socket)
         print(f"ready {args.socket}", flush=True)
         br.serve()
     finally:
@@ -86,7 +87,7 @@ def run_attach(args):
         raise UsageError(f"bridge refused: {e}")
     try:
         try:
-            dev = bus.open(args.device, poll_us=args.poll_us)
+            dev = bus.open(args.device, poll_us=args.poll_us, offloads=args.offloads)
         except (control.RemoteError, ValueError) as e:
             raise UsageError(str(e))
         _enter_netns(args.netns)
@@ -97,6 +98,8 @@ def run_attach(args):
         stop = threading.Event()
         on_stop_signals(stop.set)
         att.start()
+        from venet import abi
+        logging.info("device %s on tap %s, offloads %s", dev.name, args.tap, abi.cap_names(dev.offloads))
         print(f"ready {args.tap}", flush=True)
         try:
             while not stop.wait(0.2):
@@ -135,7 +138,8 @@ def run_stats(args):
         for label, f, b in rows:
             print(f"  {label:<24} {c.get(f, 0):>12} frames {c.get(b, 0):>14} bytes")
         for k in sorted(c):
-            if k.startswith("drop_") or k in ("out_ring_full", "tap_read_errors"):
+            if k.startswith("drop_") or k in ("out_ring_full", "tap_read_errors", "to_tap_gso",
+                                              "from_tap_gso", "to_tap_csum", "from_tap_csum"):
                 print(f"  {k:<24} {c[k]:>12}")
         for k in ("in_ring.kicks_sent", "in_ring.kicks_suppressed", "out_ring.kicks_sent",
                   "out_ring.kicks_suppressed", "in_ring.bad_total"):

@@ -9,33 +9,45 @@ One loop serves both ends of venet:
 
 Frames read from the tap go straight into the out ring's paired buffers in
 shared memory; frames popped from the in ring are written to the tap from
-shared memory (writev for SG chains).  Work is batched under a budget; the
-loop sleeps in epoll only after arming both signals and re-checking (no
-lost wake-ups), optionally after a bounded busy-poll.
+shared memory with writev.  Work is batched under a budget; the loop sleeps
+in epoll only after arming both signals and re-checking (no lost
+wake-ups), optionally after a bounded busy-poll.
+
+The tap always carries a 16-byte vnet header (IFF_VNET_HDR,
+TUNSETVNETHDRSZ 16) in front of each frame.  A read lands it in the first
+16 bytes of the slot's buffer, where it is rewritten in place as the venet
+offload record (or skipped when the frame has no offload); a write takes it
+from the pump's own memory, built from a private, validated copy of the
+peer's record.  With GSO negotiated a read spans as many consecutive slots
+as a 64 KiB frame needs (one readv, since consecutive paired buffers are
+adjacent in memory) and is published as a VENET_F_MORE chain.
 """
 import os
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.errno cimport errno, EAGAIN, EINTR
 from posix.unistd cimport read, write
-from posix.uio cimport iovec, writev
+from posix.uio cimport iovec, readv, writev
+from libc.string cimport memcpy, memset
 from shmsignal.includes.atomics cimport venet_now_ns, venet_cpu_relax
 from shmsignal.includes.osdefs cimport *
 from shmsignal.shmsig cimport *
 from ioq.abi cimport *
 from ioq.ring cimport *
 from ioq._ring cimport Ring
-from venet.abi cimport VENET_MIN_FRAME
+from venet.abi cimport *
+from venet.meta cimport *
 
 cdef enum:
     MAX_BUDGET = 256
     SG_SCRATCH = 512
+    MAX_IOV = 1 + 256           # the vnet header, then a frame's pieces
     EV_IN = 1
     EV_OUT = 2
     EV_TAP = 3
     EV_STOP = 4
-    # Frame flags the pump does not yet know how to honour (offloads are
-    # negotiated off until issue 5): such frames are dropped and counted.
-    UNSUPPORTED_FLAGS = 0xffff0000
+    # Frame flags the pump honours; any other bit of 16..31 (TXC: no TX
+    # completion events yet) costs the frame, counted in drop_offload.
+    KNOWN_FLAGS = VENET_F_NEEDS_CSUM | VENET_F_GSO | VENET_F_ECN | VENET_F_MORE
     MIN_POLL_NS = 20_000        # the shortest adaptive poll window
 
 
@@ -46,8 +58,16 @@ cdef struct pump_stats_t:
     uint64_t from_tap_bytes
     uint64_t drop_bad_desc         # refused by ioq validation (see ring stats)
     uint64_t drop_short            # shorter than an Ethernet header
-    uint64_t drop_offload          # metadata flags not negotiated
+    uint64_t drop_offload          # flags this pump does not honour
+    uint64_t drop_meta[5]          # offload record refused, by META_* reason
+    uint64_t drop_chain            # a VENET_F_MORE chain too long or malformed
     uint64_t drop_tap_write        # the kernel refused the frame
+    uint64_t to_tap_gso            # frames with GSO metadata, each way
+    uint64_t from_tap_gso
+    uint64_t to_tap_csum           # frames with a partial checksum, each way
+    uint64_t from_tap_csum
+    uint64_t drop_rx_meta          # tap frames with offloads the peer did not negotiate
+    uint64_t drop_rx_truncated     # tap frames longer than the buffers we offered
     uint64_t out_ring_full         # tap reads deferred: frontend not keeping up
     uint64_t tap_read_errors
     uint64_t wakeups
@@ -67,16 +87,27 @@ cdef class Pump:
     cdef bint tap_armed
     cdef pump_stats_t st
     cdef readonly bint running
+    cdef readonly uint32_t caps     # negotiated offload bits (SG group)
+    cdef uint32_t max_plain         # longest frame without GSO: MTU + 14
+    cdef uint32_t read_slots        # slots one tap read may fill
+    cdef uint32_t pop_want          # descriptors per pop: a whole chain fits
+    cdef uint32_t hold              # popped-and-given-back slots of an incomplete chain
+    cdef bint discard               # skipping the rest of a refused chain
+    cdef uint8_t vhdr[16]           # the vnet header of the frame being written
     cdef ioq_item_t items[256]
     cdef ioq_sg_t sg[512]
-    cdef iovec iov[256]
+    cdef iovec iov[257]
 
     def __cinit__(self, Ring inr not None, Ring outr not None, int tap_fd, *, poll_us=0,
-                  int budget=64):
+                  int budget=64, int mtu=1500, unsigned int caps=0):
+        """caps: the offload bits (venet.abi CAP_CSUM, CAP_TSO4, ...) both
+        sides negotiated; the tap's TUNSETOFFLOAD must match them."""
         if inr.role != 1 or outr.role != 0:
             raise ValueError("the pump consumes `inr` and produces on `outr`")
         if not 1 <= budget <= MAX_BUDGET:
             raise ValueError(f"budget must be 1..{MAX_BUDGET}")
+        if not 68 <= mtu <= VENET_MAX_MTU:
+            raise ValueError(f"mtu must be 68..{VENET_MAX_MTU}")
         pb = outr.region.paired_base(outr.index)
         if pb is None:
             raise ValueError("the out ring has no paired buffers")
@@ -85,7 +116,20 @@ cdef class Pump:
         self.tap_fd = tap_fd
         self.pair_off = outr.region.buffer_offset(pb)
         self.buf_size = outr.region.buf_size
+        self.max_plain = mtu + VENET_ETH_HLEN
+        if self.buf_size < VENET_META_SIZE + self.max_plain:
+            raise ValueError(f"buffers of {self.buf_size} bytes cannot hold a vnet header "
+                             f"and an MTU {mtu} frame")
+        self.caps = caps
+        cdef uint32_t read_max = VENET_META_SIZE + self.max_plain
+        if caps & (VENET_CAP_TSO4 | VENET_CAP_TSO6 | VENET_CAP_USO | VENET_CAP_UFO):
+            read_max = VENET_META_SIZE + VENET_MAX_GSO_FRAME
+        self.read_slots = (read_max + self.buf_size - 1) // self.buf_size
+        if self.read_slots > outr.r.count // 2:
+            raise ValueError(f"a ring of {outr.r.count} slots of {self.buf_size} bytes is too "
+                             f"small for frames of {read_max} bytes")
         self.budget = budget
+        self.pop_want = budget if budget > VENET_MAX_CHAIN else VENET_MAX_CHAIN
         self.poll_ns = <int64_t>(poll_us * 1000)
         self.epfd = -1
         self.stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -129,73 +173,208 @@ cdef class Pump:
         os.eventfd_write(self.stop_fd, 1)
 
     cdef uint32_t _ring_to_tap(self) noexcept nogil:
+        """Write the in ring's frames to the tap; returns descriptors used."""
         cdef ioq_ring_t *r = &self.inr.r
-        cdef uint32_t k, i, j, used
-        cdef ioq_item_t *it
-        cdef ssize_t w
-        k = ioq_pop(r, self.items, self.budget, self.sg, SG_SCRATCH, &used)
-        for i in range(k):
-            it = &self.items[i]
-            if it.status != IOQ_OK:
-                self.st.drop_bad_desc += 1
+        cdef uint32_t k, i, e, used
+        k = ioq_pop(r, self.items, self.pop_want, self.sg, SG_SCRATCH, &used)
+        self.hold = 0
+        i = 0
+        while i < k:
+            if self.discard:
+                # The tail of a chain refused as too long.
+                if not self.items[i].flags & VENET_F_MORE:
+                    self.discard = False
+                i += 1
                 continue
-            if it.len < VENET_MIN_FRAME:
-                self.st.drop_short += 1
+            e = i
+            while e < k and self.items[e].flags & VENET_F_MORE and e - i < VENET_MAX_CHAIN:
+                e += 1
+            if e - i >= VENET_MAX_CHAIN:
+                self.st.drop_chain += 1
+                self.discard = True
+                i += VENET_MAX_CHAIN
                 continue
-            if it.flags & UNSUPPORTED_FLAGS:
-                self.st.drop_offload += 1
-                continue
-            if it.sg_count == 0:
-                w = write(self.tap_fd, r.base + it.offset, it.len)
-            else:
-                for j in range(it.sg_count):
-                    self.iov[j].iov_base = r.base + self.sg[it.sg_first + j].offset
-                    self.iov[j].iov_len = self.sg[it.sg_first + j].len
-                w = writev(self.tap_fd, self.iov, it.sg_count)
-            if w == <ssize_t>it.len:
-                self.st.to_tap_frames += 1
-                self.st.to_tap_bytes += it.len
-            else:
-                self.st.drop_tap_write += 1
+            if e == k:
+                # The chain's end is not published yet (its producer
+                # publishes slot by slot): give it back and look again
+                # later.  pop_want >= VENET_MAX_CHAIN, so a chain that
+                # starts a pop is never cut by the pop's own limit.
+                ioq_unpop(r, &self.items[i], k - i)
+                self.hold = k - i
+                k = i
+                break
+            self._write_frame(i, e)
+            i = e + 1
         if k:
             ioq_release(r)
             shmsig_inject(&r.sig)
         return k
 
+    cdef void _write_frame(self, uint32_t first, uint32_t last) noexcept nogil:
+        """writev one frame, items[first..last], behind its vnet header."""
+        cdef ioq_ring_t *r = &self.inr.r
+        cdef ioq_item_t *it
+        cdef uint32_t j, q, niov = 1, flags, st
+        cdef uint64_t total = 0
+        cdef uint32_t flen
+        cdef venet_meta_t meta
+        cdef virtio_net_hdr_t *vh = <virtio_net_hdr_t *>self.vhdr
+        cdef ssize_t w
+        for j in range(first, last + 1):
+            it = &self.items[j]
+            if it.status != IOQ_OK:
+                self.st.drop_bad_desc += 1
+                return
+            if j > first and (it.flags & ~(<uint32_t>VENET_F_MORE) & IOQ_DESC_F_USER_MASK
+                              or it.sg_count):
+                # Continuations carry only MORE; an SG list is a frame of its own.
+                self.st.drop_chain += 1
+                return
+            if it.sg_count == 0:
+                self.iov[niov].iov_base = r.base + it.offset
+                self.iov[niov].iov_len = it.len
+                niov += 1
+            else:
+                if last > first:
+                    self.st.drop_chain += 1
+                    return
+                for q in range(it.sg_count):
+                    self.iov[niov].iov_base = r.base + self.sg[it.sg_first + q].offset
+                    self.iov[niov].iov_len = self.sg[it.sg_first + q].len
+                    niov += 1
+            total += it.len
+        flags = self.items[first].flags & IOQ_DESC_F_USER_MASK & ~(<uint32_t>VENET_F_MORE)
+        if flags & ~(<uint32_t>KNOWN_FLAGS):
+            self.st.drop_offload += 1
+            return
+        memset(self.vhdr, 0, VENET_META_SIZE)
+        memset(&meta, 0, sizeof(meta))
+        if flags & (VENET_F_NEEDS_CSUM | VENET_F_GSO):
+            # The record leads the frame's first piece: copy it once, then
+            # only the copy is looked at.
+            if self.iov[1].iov_len < VENET_META_SIZE:
+                self.st.drop_meta[META_BAD_CSUM] += 1
+                return
+            memcpy(&meta, self.iov[1].iov_base, VENET_META_SIZE)
+            self.iov[1].iov_base = <char *>self.iov[1].iov_base + VENET_META_SIZE
+            self.iov[1].iov_len -= VENET_META_SIZE
+            total -= VENET_META_SIZE
+        if total < VENET_MIN_FRAME or total > VENET_MAX_GSO_FRAME:
+            if total < VENET_MIN_FRAME:
+                self.st.drop_short += 1
+            else:
+                self.st.drop_meta[META_TOO_LONG] += 1
+            return
+        flen = <uint32_t>total
+        st = venet_meta_check(&meta, flags, flen, self.caps, self.max_plain)
+        if st != META_OK:
+            self.st.drop_meta[st] += 1
+            return
+        if flags & (VENET_F_NEEDS_CSUM | VENET_F_GSO):
+            venet_meta_to_virtio(&meta, flags, vh)
+        self.iov[0].iov_base = self.vhdr
+        self.iov[0].iov_len = VENET_META_SIZE
+        w = writev(self.tap_fd, self.iov, niov)
+        if w == <ssize_t>(flen + VENET_META_SIZE):
+            self.st.to_tap_frames += 1
+            self.st.to_tap_bytes += flen
+            if flags & VENET_F_GSO:
+                self.st.to_tap_gso += 1
+            elif flags & VENET_F_NEEDS_CSUM:
+                self.st.to_tap_csum += 1
+        else:
+            self.st.drop_tap_write += 1
+
     cdef uint32_t _tap_to_ring(self, bint *empty, bint *full) noexcept nogil:
         """Read up to budget frames into the out ring; returns how many.
         Sets *empty when the tap said EAGAIN, *full when the ring had no
-        free slot."""
+        room for a frame of the largest size we may be given."""
         cdef ioq_ring_t *r = &self.outr.r
-        cdef uint32_t n = self.budget, got = 0
-        cdef ioq_desc_t *d = ioq_reserve(r, &n)
-        cdef uint64_t off
+        cdef uint32_t free_ = ioq_free(r, self.read_slots)
+        cdef uint32_t used = 0, frames = 0, reads = 0, s, nslots, j, mflags, st, piece
+        cdef uint64_t off, cap, to_end, left
         cdef ssize_t len_
+        cdef int niov
+        cdef virtio_net_hdr_t h
+        cdef venet_meta_t meta
+        cdef ioq_desc_t *d
         empty[0] = False
-        full[0] = n == 0
-        if n == 0:
+        full[0] = free_ < self.read_slots
+        if full[0]:
             self.st.out_ring_full += 1
             return 0
-        while got < n:
-            off = self.pair_off + <uint64_t>((r.head + got) & r.mask) * self.buf_size
-            len_ = read(self.tap_fd, r.base + off, self.buf_size)
+        cap = <uint64_t>self.read_slots * self.buf_size
+        # Bounded in reads, not frames: refused frames cost budget too.
+        while reads < self.budget and free_ - used >= self.read_slots:
+            reads += 1
+            s = (r.head + used) & r.mask
+            off = self.pair_off + <uint64_t>s * self.buf_size
+            to_end = <uint64_t>(r.count - s) * self.buf_size
+            if self.read_slots == 1:
+                len_ = read(self.tap_fd, r.base + off, self.buf_size)
+            else:
+                # Consecutive slots' buffers are adjacent: at most two
+                # pieces, split where the ring wraps.
+                self.iov[0].iov_base = r.base + off
+                self.iov[0].iov_len = cap if cap < to_end else to_end
+                niov = 1
+                if cap > to_end:
+                    self.iov[1].iov_base = r.base + self.pair_off
+                    self.iov[1].iov_len = cap - to_end
+                    niov = 2
+                len_ = readv(self.tap_fd, self.iov, niov)
             if len_ <= 0:
                 if len_ < 0 and errno != EAGAIN and errno != EINTR:
                     self.st.tap_read_errors += 1
                 empty[0] = True
                 break
-            d[got].cookie = r.head + got
-            d[got].offset = off
-            d[got].len = <uint32_t>len_
-            d[got].flags = 0
-            d[got].user = 0
-            self.st.from_tap_bytes += <uint64_t>len_
-            got += 1
-        if got:
-            ioq_commit(r, got)
-            self.st.from_tap_frames += got
+            if <uint64_t>len_ > cap:
+                # tun reports the whole frame's length after copying what
+                # fitted: the frame is cut, not worth forwarding.
+                self.st.drop_rx_truncated += 1
+                continue
+            if len_ < VENET_META_SIZE + VENET_ETH_HLEN:
+                self.st.drop_short += 1
+                continue
+            memcpy(&h, r.base + off, sizeof(virtio_net_hdr_t))
+            st = venet_meta_from_virtio(&h, &meta, &mflags)
+            if st == META_OK:
+                st = venet_meta_check(&meta, mflags, <uint32_t>(len_ - VENET_META_SIZE),
+                                      self.caps, 0xffffffff)
+            if st != META_OK:
+                self.st.drop_rx_meta += 1
+                continue
+            if mflags:
+                memcpy(r.base + off, &meta, VENET_META_SIZE)
+                if mflags & VENET_F_GSO:
+                    self.st.from_tap_gso += 1
+                else:
+                    self.st.from_tap_csum += 1
+            nslots = <uint32_t>((<uint64_t>len_ + self.buf_size - 1) // self.buf_size)
+            left = <uint64_t>len_
+            for j in range(nslots):
+                d = ioq_slot(r, used + j)
+                piece = <uint32_t>(left if left < self.buf_size else self.buf_size)
+                d.cookie = r.head + used + j
+                d.offset = self.pair_off + <uint64_t>((s + j) & r.mask) * self.buf_size
+                d.len = piece
+                d.flags = VENET_F_MORE if j + 1 < nslots else 0
+                d.user = 0
+                left -= piece
+            d = ioq_slot(r, used)
+            if mflags:
+                d.flags |= mflags
+            else:
+                d.offset += VENET_META_SIZE
+                d.len -= VENET_META_SIZE
+            used += nslots
+            frames += 1
+            self.st.from_tap_bytes += <uint64_t>(len_ - VENET_META_SIZE)
+        if used:
+            ioq_commit(r, used)
+            self.st.from_tap_frames += frames
             shmsig_inject(&r.sig)
-        return got
+        return frames
 
     def run(self, double timeout=-1):
         """Pump until stop() (or `timeout` seconds, for tests).  Returns
@@ -245,7 +424,7 @@ cdef class Pump:
                     pdead = venet_now_ns() + <uint64_t>window
                     n = 0
                     while venet_now_ns() < pdead:
-                        if ioq_peek(&self.inr.r):
+                        if ioq_peek_at(&self.inr.r, self.hold):
                             break
                         n = epoll_wait(self.epfd, evs, 8, 0)
                         if n > 0:
@@ -258,7 +437,7 @@ cdef class Pump:
                         sched_yield()
                     if n > 0:
                         self._drain_events(evs, n, &stop, &out_full, &tap_ready)
-                    if n > 0 or ioq_peek(&self.inr.r):
+                    if n > 0 or ioq_peek_at(&self.inr.r, self.hold):
                         # Adaptive: a window that caught work doubles (up to
                         # --poll-us), one that expired empty halves, so
                         # sporadic frames (neighbour discovery on an idle
@@ -312,6 +491,10 @@ cdef class Pump:
 
     def stats(self):
         s = dict(self.st)
+        meta = s.pop("drop_meta")
+        for i, name in enumerate(("ok", "not_negotiated", "bad_csum", "bad_gso", "too_long")):
+            if i:
+                s[f"drop_meta_{name}"] = meta[i]
         s["in_ring"] = self.inr.stats()
         s["out_ring"] = self.outr.stats()
         return s

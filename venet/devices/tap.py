@@ -1,21 +1,38 @@
 """Tap devices: opened with the tun ioctls, configured with pyroute2.
 
-The tap is opened with TUNSETIFF (IFF_TAP | IFF_NO_PI) without TUNSETPERSIST,
-so a tap this process creates disappears when its fd is closed, even if the
-process is killed.  An existing (persistent) tap is attached to and left in
-place.  Everything happens in the caller's current network namespace.
+The tap is opened with TUNSETIFF (IFF_TAP | IFF_NO_PI | IFF_VNET_HDR)
+without TUNSETPERSIST, so a tap this process creates disappears when its fd
+is closed, even if the process is killed.  An existing (persistent) tap is
+attached to and left in place.  Everything happens in the caller's current
+network namespace.
+
+Every frame read or written carries a 16-byte vnet header (TUNSETVNETHDRSZ:
+the 10-byte virtio_net_hdr, then padding), the size of venet's offload
+record, so the pump translates it in place.  Offloads start off
+(TUNSETOFFLOAD 0: the kernel hands over only whole, checksummed frames);
+set_offloads() switches on what a frontend negotiated.
 """
 import errno
 import fcntl
 import os
 import re
 import struct
+import sys
 
 from pyroute2 import IPRoute
 
+from venet import abi
+
+# include/uapi/linux/if_tun.h (the _IOW/_IOR numbers of x86, arm and s390x)
 TUNSETIFF = 0x400454CA
+TUNSETOFFLOAD = 0x400454D0
+TUNSETVNETHDRSZ = 0x400454D8
+TUNSETVNETLE = 0x400454DC
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
+IFF_VNET_HDR = 0x4000
+TUN_F_CSUM, TUN_F_TSO4, TUN_F_TSO6, TUN_F_TSO_ECN = 0x01, 0x02, 0x04, 0x08
+TUN_F_UFO, TUN_F_USO4, TUN_F_USO6 = 0x10, 0x20, 0x40
 IFNAMSIZ = 16
 _NAME = re.compile(r"^[A-Za-z0-9_.\-]+$")
 
@@ -47,14 +64,70 @@ def open_tap(name):
     except OSError as e:
         raise TapError(f"cannot open /dev/net/tun: {e.strerror}") from None
     try:
-        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(), IFF_TAP | IFF_NO_PI))
+        fcntl.ioctl(fd, TUNSETIFF, struct.pack("16sH", name.encode(),
+                                                IFF_TAP | IFF_NO_PI | IFF_VNET_HDR))
     except OSError as e:
         os.close(fd)
         hint = {errno.EBUSY: " (another process has it open)",
                 errno.EINVAL: " (it exists but is not a single-queue tap)",
                 errno.EPERM: " (needs CAP_NET_ADMIN)"}.get(e.errno, "")
         raise TapError(f"cannot open tap {name}: {e.strerror}{hint}") from None
+    try:
+        fcntl.ioctl(fd, TUNSETVNETHDRSZ, struct.pack("i", abi.META_SIZE))
+        try:
+            # The header's byte order: little-endian, as venet's record.
+            fcntl.ioctl(fd, TUNSETVNETLE, struct.pack("i", 1))
+        except OSError:
+            if sys.byteorder != "little":
+                raise
+        fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
+    except OSError as e:
+        os.close(fd)
+        raise TapError(f"cannot set up the vnet header of tap {name}: {e.strerror}") from None
     return fd, not existed
+
+
+def tun_offload_flags(caps):
+    """The TUNSETOFFLOAD flags for venet SG-group capability bits."""
+    caps = abi.consistent_caps(caps)
+    f = 0
+    if caps & abi.CAP_CSUM:
+        f |= TUN_F_CSUM
+    if caps & abi.CAP_TSO4:
+        f |= TUN_F_TSO4
+    if caps & abi.CAP_TSO6:
+        f |= TUN_F_TSO6
+    if caps & abi.CAP_ECN:
+        f |= TUN_F_TSO_ECN
+    if caps & abi.CAP_USO:
+        f |= TUN_F_USO4 | TUN_F_USO6
+    return f
+
+
+def set_offloads(fd, caps):
+    """Let the kernel hand this tap's reader what `caps` allow (partial
+    checksums, TSO, USO frames).  Writes accept any valid header anyway."""
+    try:
+        fcntl.ioctl(fd, TUNSETOFFLOAD, tun_offload_flags(caps))
+    except OSError as e:
+        raise TapError(f"cannot set tap offloads: {e.strerror}") from None
+
+
+def supported_offloads(fd):
+    """The offload bits this kernel's tun accepts, probed on `fd` (left
+    with offloads off).  UFO is never among them: since Linux 4.14 the
+    kernel makes no UFO frames (TUNSETOFFLOAD ignores TUN_F_UFO), so a
+    frontend could never be handed one."""
+    got = 0
+    for bit in (abi.CAP_CSUM, abi.CAP_TSO4, abi.CAP_TSO6, abi.CAP_ECN, abi.CAP_USO):
+        want = got | bit | abi.CAP_CSUM | (abi.CAP_TSO4 if bit == abi.CAP_ECN else 0)
+        try:
+            fcntl.ioctl(fd, TUNSETOFFLOAD, tun_offload_flags(want))
+            got |= bit
+        except OSError:
+            pass
+    fcntl.ioctl(fd, TUNSETOFFLOAD, 0)
+    return abi.consistent_caps(got)
 
 
 def configure(name, *, mtu=None, mac=None, master=None, up=True):
