@@ -3,6 +3,8 @@ namespace, tap, veth, address and process a test makes lives in its lab
 and is removed (processes killed by pid) at teardown, pass or fail.  Nothing
 touches the root namespace."""
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
@@ -42,3 +44,19 @@ def sockdir(lab):
 def ns_ipr(name):
     from pyroute2 import IPRoute
     return IPRoute(netns=name)
+
+
+def ns_python(ns, code, timeout=20):
+    r = run_in(ns, [sys.executable, "-c", code], timeout=timeout)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def ns_python_bg(ns, code):
+    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: _enter(ns))
+
+
+def _enter(ns):
+    from pyroute2 import netns as nslib
+    nslib.setns(ns)

@@ -10,7 +10,7 @@ import pytest
 from scapy.all import ARP, ICMP, IP, UDP, Ether, Raw, raw
 
 import venet.frontend as fe
-from tests.net.conftest import ROOT, add_addr, ns_ipr, ping, run_in
+from tests.net.conftest import ROOT, add_addr, ns_ipr, ns_python, ns_python_bg, ping, run_in
 
 ME = "02:00:00:00:00:99"
 KMAC = "02:00:00:00:00:01"
@@ -269,6 +269,7 @@ def _become_nobody():
     (["--tap", "vt0", "--netns", "venet-no-such-ns"], "does not exist"),
     (["--tap", "a-name-far-too-long"], "1 to 15 characters"),
     (["--tap", "vt0", "--poll-us", "-1"], "poll-us"),
+    (["--tap", "vt0", "--offloads", "csum,tso9"], "unknown offload 'tso9'"),
 ])
 def test_bad_command_lines(args, msg):
     r = subprocess.run([sys.executable, "-m", "venet", "bridge", *args], capture_output=True,
@@ -283,22 +284,6 @@ def test_socket_path_taken(bridged, netns):
     r = subprocess.run([sys.executable, "-m", "venet", "bridge", "--tap", "vt0", "--netns", other,
                         "--socket", sock], capture_output=True, text=True, timeout=30, cwd=ROOT)
     assert r.returncode == 2 and "in use" in r.stderr and "Traceback" not in r.stderr
-
-
-def ns_python(ns, code, timeout=20):
-    r = run_in(ns, [sys.executable, "-c", code], timeout=timeout)
-    assert r.returncode == 0, r.stderr
-    return r.stdout
-
-
-def ns_python_bg(ns, code):
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: _enter(ns))
-
-
-def _enter(ns):
-    from pyroute2 import netns as nslib
-    nslib.setns(ns)
 
 
 def test_scapy_socket(bridged):
