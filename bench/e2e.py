@@ -6,12 +6,15 @@ and torn down (venet.topology.Lab).  Topologies:
   veth        a veth pair: the kernel-only path (the RFC's "bare metal")
   venet       tap -> venet bridge -> rings -> venet attach -> tap
   venet-poll  the same with --poll-us (bounded busy-poll after work)
+  venet-nooff venet with --offloads none on both sides: every frame MTU-sized
   socat       two socat processes: tap <-> Unix SOCK_SEQPACKET <-> tap
   pypump      bench/pypump.py, the same shape in plain Python
   testpmd     DPDK testpmd between two net_tap ports, if dpdk-testpmd exists
 Clients: sockperf ping-pong (64 and 1400 bytes: p50, p99, round trips/s),
 ping -f (average round trip), iperf3 TCP (one stream, MTU 1500 and 9000),
-and the CPU use of the pump processes during each client and while idle.
+and the CPU use of the pump processes during each client and while idle;
+for iperf3 also CPU seconds per gigabit moved, of the pumps and of the
+whole machine (clients and kernel included, so veth has one too).
 Every figure is the median of the repeats, with min and max, and a ratio
 to veth from the same run.
 """
@@ -27,7 +30,7 @@ import time
 from venet.topology import Lab, cpu_seconds, run_in
 
 A, B = "10.77.0.1", "10.77.0.2"
-TOPOLOGIES = ("veth", "venet", "venet-poll", "socat", "pypump", "testpmd")
+TOPOLOGIES = ("veth", "venet", "venet-poll", "venet-nooff", "socat", "pypump", "testpmd")
 POLL_US = 20_000
 CLIENT_TOOLS = ("sockperf", "iperf3", "socat", "ping")
 
@@ -46,9 +49,10 @@ def build(lab, topo, mtu):
     procs = []
     if topo == "veth":
         lab.veth(a, b, "vt0", "vt1")
-    elif topo in ("venet", "venet-poll"):
+    elif topo in ("venet", "venet-poll", "venet-nooff"):
         sock = lab.socket_path()
-        extra = ["--poll-us", str(POLL_US)] if topo == "venet-poll" else []
+        extra = {"venet-poll": ["--poll-us", str(POLL_US)],
+                 "venet-nooff": ["--offloads", "none"]}.get(topo, [])
         procs.append(lab.venet("bridge", "--tap", "vt0", "--netns", a, "--socket", sock,
                                "--mtu", str(mtu), *extra))
         procs.append(lab.venet("attach", "--socket", sock, "--tap", "vt1", "--netns", b, *extra))
@@ -96,6 +100,14 @@ def _wait_path(path, timeout=10):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{path} did not appear")
         time.sleep(0.02)
+
+
+def machine_cpu_seconds():
+    """Busy CPU seconds of the whole machine so far (/proc/stat: all but
+    idle and iowait)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    return (sum(ticks[:8]) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
 
 
 def _cpu(procs):
@@ -168,14 +180,22 @@ class Run:
         time.sleep(0.3)
         try:
             def go():
+                p0, m0 = _cpu(self.procs), machine_cpu_seconds()
                 r = run_in(self.a, cmd, timeout=self.secs + 30)
+                p1, m1 = _cpu(self.procs), machine_cpu_seconds()
                 try:
-                    bps = json.loads(r.stdout)["end"]["sum_received"]["bits_per_second"]
+                    end = json.loads(r.stdout)["end"]["sum_received"]
+                    bps, nbytes = end["bits_per_second"], end["bytes"]
                 except (ValueError, KeyError):
                     raise RuntimeError(f"{self.topo}: iperf3 failed: {r.stdout[-300:]}{r.stderr[-300:]}")
                 if bps <= 0:
                     raise RuntimeError(f"{self.topo}: iperf3 moved no data")
-                self.add(client, "gbit_per_s", bps / 1e9, " ".join(cmd))
+                text = " ".join(cmd)
+                self.add(client, "gbit_per_s", bps / 1e9, text)
+                gbit = nbytes * 8 / 1e9
+                self.add(client, "machine_cpu_s_per_gbit", (m1 - m0) / gbit, text)
+                if self.procs:
+                    self.add(client, "pump_cpu_s_per_gbit", (p1 - p0) / gbit, text)
             self.timed(client, go)
         finally:
             if srv.poll() is None:
@@ -263,11 +283,11 @@ def run(quick=False, repeats=None, topologies=TOPOLOGIES, progress=None):
 
 
 def format_table(rows, notes):
-    head = f"{'topology':<11} {'client':<14} {'mtu':>5} {'metric':<12} {'median':>10} {'min':>10} {'max':>10} {'x veth':>7}"
+    head = f"{'topology':<11} {'client':<14} {'mtu':>5} {'metric':<22} {'median':>10} {'min':>10} {'max':>10} {'x veth':>7}"
     lines = [head]
     for r in rows:
         rat = f"{r['ratio_to_veth']:.2f}" if r["ratio_to_veth"] is not None else ""
-        lines.append(f"{r['topology']:<11} {r['client']:<14} {r['mtu']:>5} {r['metric']:<12} "
+        lines.append(f"{r['topology']:<11} {r['client']:<14} {r['mtu']:>5} {r['metric']:<22} "
                      f"{r['value']:>10.2f} {r['min']:>10.2f} {r['max']:>10.2f} {rat:>7}")
     for what, why in notes.items():
         lines.append(f"{what}: {why}")

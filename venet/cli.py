@@ -53,7 +53,7 @@ def build_parser():
     e2e.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     e2e.add_argument("--out", metavar="DIR", help="write a markdown table and PNG plots here")
     e2e.add_argument("--topologies", type=_topologies, metavar="A,B,...",
-                     help="a subset of veth,venet,venet-poll,socat,pypump,testpmd")
+                     help="a subset of veth,venet,venet-poll,venet-nooff,socat,pypump,testpmd")
     e2e.set_defaults(func=_cmd_bench_e2e)
 
     br = sub.add_parser("bridge", help="the backend: a tap device served on a control socket")
