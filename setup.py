@@ -17,6 +17,7 @@ MODULES = [
     "ioq._region",
     "ioq._ring",
     "bench._ringbench",
+    "bench._sysbench",
     "venet.devices._pump",
     "venet._frames",
 ]

@@ -55,6 +55,7 @@ def build(lab, topo, mtu):
                  "venet-nooff": ["--offloads", "none"]}.get(topo, [])
         procs.append(lab.venet("bridge", "--tap", "vt0", "--netns", a, "--socket", sock,
                                "--mtu", str(mtu), *extra))
+        lab.bus_socket = sock
         procs.append(lab.venet("attach", "--socket", sock, "--tap", "vt1", "--netns", b, *extra))
     elif topo == "socat":
         sock = lab.socket_path()
@@ -132,10 +133,24 @@ class Run:
 
     def timed(self, client, fn):
         c0, t0 = _cpu(self.procs), time.monotonic()
+        b0 = self.bridge_counters()
         fn()
         if self.procs:
             self.add(client, "cpu_percent", 100 * (_cpu(self.procs) - c0) / (time.monotonic() - t0),
                      "CPU of the pump processes during the client")
+        b1 = self.bridge_counters()
+        if b0 and b1 and b1["wakeups"] > b0["wakeups"]:
+            frames = sum(b1[k] - b0[k] for k in ("to_tap_frames", "from_tap_frames"))
+            self.add(client, "frames_per_wakeup", frames / (b1["wakeups"] - b0["wakeups"]),
+                     "frames the bridge pump moved per epoll wake-up (venet stats)")
+
+    def bridge_counters(self):
+        sock = getattr(self.lab, "bus_socket", None)
+        if not sock:
+            return None
+        from venet import frontend
+        with frontend.connect(sock) as bus:
+            return bus.stats()["devices"][0]["counters"]
 
     def sockperf(self, size):
         client = f"sockperf-{size}"

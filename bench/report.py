@@ -62,6 +62,8 @@ def _fmt(metric, v):
         return f"{v:,.0f} /s"
     if metric == "cpu_percent":
         return f"{v:.1f}%"
+    if metric == "frames_per_wakeup":
+        return f"{v:.1f}"
     if metric.endswith("cpu_s_per_gbit"):
         return f"{v:.3f} s/Gbit"
     return f"{v:.4g}"

@@ -56,6 +56,12 @@ def build_parser():
                      help="a subset of veth,venet,venet-poll,venet-nooff,socat,pypump,testpmd")
     e2e.set_defaults(func=_cmd_bench_e2e)
 
+    sc = bsub.add_parser("syscalls", help="what syscall batching could save the pumps: a bare "
+                                          "syscall against tap reads and writes (root)")
+    sc.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    sc.add_argument("--quick", action="store_true", help="a tenth of the calls")
+    sc.set_defaults(func=_cmd_bench_syscalls)
+
     br = sub.add_parser("bridge", help="the backend: a tap device served on a control socket")
     br.add_argument("--tap", required=True, type=_ifname, help="tap to create (or open if it exists)")
     br.add_argument("--netns", type=_netns, help="network namespace of the tap")
@@ -214,6 +220,15 @@ def _topologies(text):
         raise argparse.ArgumentTypeError(f"unknown topology {','.join(bad) or text!r}; "
                                          f"choose from {','.join(TOPOLOGIES)}")
     return names
+
+
+def _cmd_bench_syscalls(args):
+    import os
+    if os.geteuid() != 0:
+        raise UsageError("venet bench syscalls needs root (it makes a namespace and a tap)")
+    from bench import syscalls
+    syscalls.main(json_path=args.json, n=syscalls.N // 10 if args.quick else syscalls.N)
+    return 0
 
 
 def _cmd_bench_e2e(args):
