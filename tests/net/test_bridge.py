@@ -95,15 +95,18 @@ def test_flush_rx_and_memory_budget(bridged):
         assert dev.recv_nowait() is None
 
 
-@pytest.mark.parametrize("mtu", [1500, 9000])
-def test_every_frame_size(bridged, mtu):
+@pytest.mark.parametrize("mtu,buf_size", [(1500, None), (9000, None), (9000, 2048)])
+def test_every_frame_size(bridged, mtu, buf_size):
+    """buf_size 2048 at MTU 9000: frames past 2 KiB travel as F_MORE chains
+    both ways (the pump reads one frame into several slots)."""
     ns, sock, _ = bridged("--mtu", str(mtu))
     with fe.connect(sock) as bus:
-        dev = bus.open("vt0")
+        dev = bus.open("vt0", buf_size=buf_size)
         assert dev.mtu == mtu
         hdr = 14 + 20 + 8
         sizes = sorted(set([60, 61, 64, 100, 128, 255, 256, 511, 512, 1000, 1024, 1499, 1500, 1513, 1514]
-                           + ([2048, 4096, 8000, 9013, 9014] if mtu == 9000 else [])))
+                           + ([2031, 2032, 2033, 2047, 2048, 2049, 4096, 8000, 9013, 9014]
+                              if mtu == 9000 else [])))
         for i, size in enumerate(sizes):
             payload = bytes((i + j) & 0xff for j in range(size - hdr))
             dev.send(raw(Ether(src=ME, dst=KMAC) / IP(src=MYIP, dst=KIP) / ICMP(id=9, seq=i) / payload))

@@ -117,15 +117,15 @@ cdef class Pump:
         self.pair_off = outr.region.buffer_offset(pb)
         self.buf_size = outr.region.buf_size
         self.max_plain = mtu + VENET_ETH_HLEN
-        if self.buf_size < VENET_META_SIZE + self.max_plain:
+        if self.buf_size < VENET_META_SIZE + VENET_ETH_HLEN:
             raise ValueError(f"buffers of {self.buf_size} bytes cannot hold a vnet header "
-                             f"and an MTU {mtu} frame")
+                             f"and an Ethernet header")
         self.caps = caps
         cdef uint32_t read_max = VENET_META_SIZE + self.max_plain
         if caps & (VENET_CAP_TSO4 | VENET_CAP_TSO6 | VENET_CAP_USO | VENET_CAP_UFO):
             read_max = VENET_META_SIZE + VENET_MAX_GSO_FRAME
         self.read_slots = (read_max + self.buf_size - 1) // self.buf_size
-        if self.read_slots > outr.r.count // 2:
+        if self.read_slots > outr.r.count // 2 or self.read_slots > VENET_MAX_CHAIN:
             raise ValueError(f"a ring of {outr.r.count} slots of {self.buf_size} bytes is too "
                              f"small for frames of {read_max} bytes")
         self.budget = budget
