@@ -29,11 +29,14 @@ class ChainError(IoqError):
     """The peer published a frame chain that is too long or never ends."""
 
 
-def send_frame(Ring ring not None, data, unsigned int flags=0, meta=None, timeout=None):
+def send_frame(Ring ring not None, data, unsigned int flags=0, meta=None, timeout=None,
+               bint want_cookie=False):
     """Publish one frame (bytes-like), led by the 16-byte record `meta` if
     given, across as many consecutive paired buffers as it needs.  `flags`
     are the first descriptor's VENET_F_* bits.  Blocks while the ring lacks
-    room; returns False on timeout."""
+    room; returns False on timeout (True on success, or with want_cookie
+    the first descriptor's cookie, which a TX completion event echoes, or
+    None on timeout)."""
     ring._require(IOQ_ROLE_PRODUCER)
     ring._need_pairs()
     cdef const uint8_t[::1] src = memoryview(data).cast("B")
@@ -60,7 +63,8 @@ def send_frame(Ring ring not None, data, unsigned int flags=0, meta=None, timeou
     while ioq_free(r, nslots) < nslots:
         ring._live()
         if ring._wait(timeout) == 0 and ioq_free(r, nslots) < nslots:
-            return False
+            return None if want_cookie else False
+    cdef uint64_t cookie = r.head
     for j in range(nslots):
         d = ioq_slot(r, j)
         d.offset = ring._pair_off + <uint64_t>((r.head + j) & r.mask) * bs
@@ -81,7 +85,7 @@ def send_frame(Ring ring not None, data, unsigned int flags=0, meta=None, timeou
     ioq_slot(r, 0).flags |= flags
     ioq_commit(r, nslots)
     shmsig_inject(&r.sig)
-    return True
+    return cookie if want_cookie else True
 
 
 def recv_frame(Ring ring not None, timeout=None):

@@ -55,7 +55,7 @@ class Device:
         else:
             offloads = 0
         self.offered = {abi.CAP_GROUP_SG: abi.CAP_SG | offloads,
-                        abi.CAP_GROUP_EVENTQ: abi.CAP_EVQ_LINKSTATE}
+                        abi.CAP_GROUP_EVENTQ: abi.CAP_EVQ_LINKSTATE | abi.CAP_EVQ_TXC}
 
     @property
     def offloads(self):
@@ -100,16 +100,20 @@ class Device:
         tx = self.region.consumer(abi.RING_TX, max_len=abi.META_SIZE + longest)
         rx = self.region.producer(abi.RING_RX)
         self.evq = self.region.producer(abi.RING_EVQ)
+        txc = self.caps.get(abi.CAP_GROUP_EVENTQ, 0) & abi.CAP_EVQ_TXC
         try:
-            self.pump = Pump(tx, rx, self.tap_fd, poll_us=self.poll_us, mtu=self.mtu, caps=caps)
+            self.pump = Pump(tx, rx, self.tap_fd, poll_us=self.poll_us, mtu=self.mtu, caps=caps,
+                             txc_evq=self.evq if txc else None)
         except ValueError as e:
             raise DeviceError(str(e)) from None
         # The kernel may now hand the tap's reader what the frontend accepts.
         taplib.set_offloads(self.tap_fd, caps)
+        # The event queue has one producer at a time: this thread before the
+        # pump starts and after it has stopped, the pump (TXC) in between.
+        self.event(abi.EV_LINKSTATE, 1)
         self.thread = threading.Thread(target=self._run, name=f"pump-{self.name}", daemon=True)
         self.thread.start()
         self.link = True
-        self.event(abi.EV_LINKSTATE, 1)
 
     def _run(self):
         result = self.pump.run()
@@ -127,9 +131,13 @@ class Device:
 
     def linkdown(self):
         if self.pump is not None:
-            self.event(abi.EV_LINKSTATE, 0)
             self.pump.stop()
             self.thread.join(timeout=5)
+            if self.thread.is_alive():
+                # Never two producers on the event queue: no event then.
+                log.error("device %s: the pump did not stop; link-down event not sent", self.name)
+            else:
+                self.event(abi.EV_LINKSTATE, 0)
             self._fold_stats(self.pump.stats())
             self.pump = None
             self.thread = None

@@ -54,7 +54,7 @@ class Bus:
     def stats(self):
         return control.call(self.sock, control.STATS)
 
-    def open(self, name=None, *, ring_size=None, poll_us=0, offloads=0, buf_size=None):
+    def open(self, name=None, *, ring_size=None, poll_us=0, offloads=0, buf_size=None, txc=False):
         """Open a device (the only one if name is None) and bring its link up.
         ring_size defaults to the largest that keeps the device's memory
         within abi.MEMORY_BUDGET for its MTU.  offloads: the SG-group bits
@@ -63,7 +63,8 @@ class Bus:
         Without offloads every frame is plain; with them, recv_frame()
         shows their metadata and recv() still returns plain frames.
         buf_size (a multiple of 64, at least abi.MIN_BUF_SIZE) overrides
-        abi.buf_size_for(mtu); frames longer than a buffer then chain."""
+        abi.buf_size_for(mtu); frames longer than a buffer then chain.
+        txc: ask for TX completion events (send(..., txc=True))."""
         if isinstance(offloads, str):
             offloads = abi.parse_offloads(offloads)
         if name is None:
@@ -71,7 +72,7 @@ class Bus:
             if len(devs) != 1:
                 raise ValueError(f"the bus has {len(devs)} devices; name one")
             name = devs[0]["name"]
-        dev = Device(self, name, ring_size, poll_us, offloads, buf_size)
+        dev = Device(self, name, ring_size, poll_us, offloads, buf_size, txc)
         self.devices[name] = dev
         return dev
 
@@ -88,7 +89,7 @@ class Bus:
 
 
 class Device:
-    def __init__(self, bus, name, ring_size, poll_us, offloads=0, buf_size=None):
+    def __init__(self, bus, name, ring_size, poll_us, offloads=0, buf_size=None, txc=False):
         self.bus = bus
         self.name = name
         self.region = None
@@ -99,12 +100,13 @@ class Device:
             self.mtu = info["mtu"]
             self.caps = {}
             want = abi.CAP_SG | abi.consistent_caps(offloads & abi.OFFLOAD_CAPS)
-            for gid, bits in ((abi.CAP_GROUP_SG, want),
-                              (abi.CAP_GROUP_EVENTQ, abi.CAP_EVQ_LINKSTATE)):
+            events = abi.CAP_EVQ_LINKSTATE | (abi.CAP_EVQ_TXC if txc else 0)
+            for gid, bits in ((abi.CAP_GROUP_SG, want), (abi.CAP_GROUP_EVENTQ, events)):
                 r = control.call(bus.sock, control.NEGCAP, {"device": name, "group": gid, "bits": bits})
                 self.caps[gid] = r["bits"] & bits
             # Only what both asked for and granted, made consistent.
             self.offloads = abi.consistent_caps(self.caps[abi.CAP_GROUP_SG]) & abi.OFFLOAD_CAPS
+            self.txc = bool(self.caps[abi.CAP_GROUP_EVENTQ] & abi.CAP_EVQ_TXC)
             self._max_frame = abi.MAX_GSO_FRAME if self.offloads & ~abi.CAP_CSUM else \
                 self.mtu + abi.ETH_HLEN
             buf = buf_size or abi.buf_size_for(self.mtu)
@@ -158,30 +160,41 @@ class Device:
 
     # ---- frames ---------------------------------------------------------
 
-    def send(self, frame, timeout=None, meta=None):
+    def send(self, frame, timeout=None, meta=None, txc=False):
         """Queue one Ethernet frame (bytes-like, 14..MTU+14 bytes; with a
         GSO `meta`, up to abi.MAX_GSO_FRAME).  meta: an offload.Meta the
-        device negotiated (a partial checksum, a GSO super-frame)."""
+        device negotiated (a partial checksum, a GSO super-frame).  Returns
+        True, or False on timeout.  txc=True (the device was opened with
+        txc=True) asks for an EV_TXC event once the backend is done with
+        the frame: the call then returns the frame's cookie, which the
+        event carries (events()), or None on timeout."""
         n = len(frame)
         limit = self.mtu + abi.ETH_HLEN if meta is None or meta.gso_type is None else self._max_frame
         if not abi.MIN_FRAME <= n <= limit:
             raise ValueError(f"frame of {n} bytes: must be {abi.MIN_FRAME} to {limit}")
+        flags, rec = 0, None
         if meta is not None:
             missing = meta.caps_needed() & ~self.offloads
             if missing:
                 raise ValueError(f"device {self.name} did not negotiate {abi.cap_names(missing)}")
-            put = lambda t: _frames.send_frame(self.tx, frame, meta.flags, meta.pack(), t)
-        elif n > self._buf:
-            put = lambda t: _frames.send_frame(self.tx, frame, 0, None, t)
+            flags, rec = meta.flags, meta.pack()
+        if txc:
+            if not self.txc:
+                raise ValueError(f"device {self.name} was not opened with txc=True")
+            flags |= abi.F_TXC
+        if flags or n > self._buf:
+            put = lambda t: _frames.send_frame(self.tx, frame, flags, rec, t, txc)
         else:
             put = lambda t: self.tx.put(frame, timeout=t)
         deadline = None if timeout is None else time.monotonic() + timeout
-        while not put(_LIVENESS_SLICE if timeout is None else
-                      max(0.0, min(_LIVENESS_SLICE, deadline - time.monotonic()))):
+        while True:
+            got = put(_LIVENESS_SLICE if timeout is None else
+                      max(0.0, min(_LIVENESS_SLICE, deadline - time.monotonic())))
+            if got is not None and got is not False:
+                return got
             self._check_backend()
             if deadline is not None and time.monotonic() >= deadline:
-                return False
-        return True
+                return None if txc else False
 
     def send_nowait(self, frame):
         """Queue a frame if a slot is free; False if the ring is full."""

@@ -340,3 +340,43 @@ def test_missing_master_is_a_clear_error(netns, sockdir):
     with ns_ipr(ns) as ipr:
         assert not ipr.link_lookup(ifname="vt0")          # the tap it made is gone
     assert not (sockdir / "x.sock").exists()
+
+
+def test_tx_completion_events(bridged):
+    from venet import abi
+    ns, sock, _ = bridged()
+    arp = raw(Ether(src=ME, dst="ff:ff:ff:ff:ff:ff") / ARP(op=1, hwsrc=ME, psrc=MYIP, pdst=KIP))
+    with fe.connect(sock) as bus:
+        plain = bus.open("vt0")
+        assert not plain.txc
+        with pytest.raises(ValueError, match="txc=True"):
+            plain.send(arp, txc=True)
+        plain.close()
+
+        dev = bus.open("vt0", txc=True)
+        assert dev.txc
+        cookies = [dev.send(arp, txc=True) for _ in range(5)]
+        assert None not in cookies and len(set(cookies)) == 5
+        dev.send(arp)                               # no event asked for
+        seen = []
+        deadline = time.monotonic() + 3
+        while len(seen) < 5 and time.monotonic() < deadline:
+            seen += [e for e in dev.events() if e[0] == abi.EV_TXC]
+            time.sleep(0.01)
+        assert sorted(a for _, a, _ in seen) == sorted(cookies)
+        assert all(b == abi.RING_TX for _, _, b in seen)
+        time.sleep(0.2)
+        assert [e for e in dev.events() if e[0] == abi.EV_TXC] == []
+        # An event queue nobody drains: events beyond its 16 slots are lost,
+        # counted, and the frames still go out.
+        for _ in range(40):
+            dev.send(arp, txc=True)
+        deadline = time.monotonic() + 3
+        while time.monotonic() < deadline:
+            c = bus.stats()["devices"][0]["counters"]
+            if c["txc_events"] + c["txc_lost"] == 45:
+                break
+            time.sleep(0.02)
+        assert c["txc_lost"] > 0 and c["txc_events"] + c["txc_lost"] == 45, c
+        assert c["to_tap_frames"] == 46, c
+        assert len([e for e in dev.events() if e[0] == abi.EV_TXC]) == abi.EVQ_RING

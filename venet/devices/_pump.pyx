@@ -45,8 +45,8 @@ cdef enum:
     EV_OUT = 2
     EV_TAP = 3
     EV_STOP = 4
-    # Frame flags the pump honours; any other bit of 16..31 (TXC: no TX
-    # completion events yet) costs the frame, counted in drop_offload.
+    # Frame flags the pump honours (TXC only when negotiated); any other
+    # bit of 16..31 costs the frame, counted in drop_offload.
     KNOWN_FLAGS = VENET_F_NEEDS_CSUM | VENET_F_GSO | VENET_F_ECN | VENET_F_MORE
     MIN_POLL_NS = 20_000        # the shortest adaptive poll window
 
@@ -68,6 +68,8 @@ cdef struct pump_stats_t:
     uint64_t from_tap_csum
     uint64_t drop_rx_meta          # tap frames with offloads the peer did not negotiate
     uint64_t drop_rx_truncated     # tap frames longer than the buffers we offered
+    uint64_t txc_events            # TX completion events posted
+    uint64_t txc_lost              # ...not posted: the event queue was full
     uint64_t out_ring_full         # tap reads deferred: frontend not keeping up
     uint64_t tap_read_errors
     uint64_t wakeups
@@ -94,14 +96,22 @@ cdef class Pump:
     cdef uint32_t hold              # popped-and-given-back slots of an incomplete chain
     cdef bint discard               # skipping the rest of a refused chain
     cdef uint8_t vhdr[16]           # the vnet header of the frame being written
+    cdef Ring evq                   # event queue (producer) while running, for TXC
+    cdef uint32_t known_flags       # KNOWN_FLAGS, plus TXC when negotiated
+    cdef uint64_t evq_pair_off
+    cdef uint32_t evq_buf_size
+    cdef uint32_t txc_posted        # events published since the last inject
     cdef ioq_item_t items[256]
     cdef ioq_sg_t sg[512]
     cdef iovec iov[257]
 
     def __cinit__(self, Ring inr not None, Ring outr not None, int tap_fd, *, poll_us=0,
-                  int budget=64, int mtu=1500, unsigned int caps=0):
+                  int budget=64, int mtu=1500, unsigned int caps=0, Ring txc_evq=None):
         """caps: the offload bits (venet.abi CAP_CSUM, CAP_TSO4, ...) both
-        sides negotiated; the tap's TUNSETOFFLOAD must match them."""
+        sides negotiated; the tap's TUNSETOFFLOAD must match them.
+        txc_evq: the device's event queue (producer end), when TX
+        completions were negotiated: while run() runs the pump is its only
+        producer, and frames flagged VENET_F_TXC get an EV_TXC event."""
         if inr.role != 1 or outr.role != 0:
             raise ValueError("the pump consumes `inr` and produces on `outr`")
         if not 1 <= budget <= MAX_BUDGET:
@@ -130,6 +140,17 @@ cdef class Pump:
                              f"small for frames of {read_max} bytes")
         self.budget = budget
         self.pop_want = budget if budget > VENET_MAX_CHAIN else VENET_MAX_CHAIN
+        self.known_flags = KNOWN_FLAGS
+        if txc_evq is not None:
+            if txc_evq.role != 0:
+                raise ValueError("txc_evq must be the producer end of the event queue")
+            epb = txc_evq.region.paired_base(txc_evq.index)
+            if epb is None or txc_evq.region.buf_size < sizeof(venet_event_t):
+                raise ValueError("the event queue needs paired buffers of an event's size")
+            self.evq = txc_evq
+            self.evq_pair_off = txc_evq.region.buffer_offset(epb)
+            self.evq_buf_size = txc_evq.region.buf_size
+            self.known_flags |= VENET_F_TXC
         self.poll_ns = <int64_t>(poll_us * 1000)
         self.epfd = -1
         self.stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -208,7 +229,33 @@ cdef class Pump:
         if k:
             ioq_release(r)
             shmsig_inject(&r.sig)
+        if self.txc_posted:
+            self.txc_posted = 0
+            shmsig_inject(&self.evq.r.sig)
         return k
+
+    cdef void _post_txc(self, uint64_t cookie) noexcept nogil:
+        """Tell the frontend we are done with the frame it tagged `cookie`."""
+        cdef ioq_ring_t *e = &self.evq.r
+        cdef ioq_desc_t *d
+        cdef venet_event_t *ev
+        if ioq_free(e, 1) == 0:
+            self.st.txc_lost += 1
+            return
+        d = ioq_slot(e, 0)
+        d.offset = self.evq_pair_off + <uint64_t>(e.head & e.mask) * self.evq_buf_size
+        ev = <venet_event_t *>(e.base + d.offset)
+        ev.type = VENET_EV_TXC
+        ev.size = sizeof(venet_event_t)
+        ev.a = cookie
+        ev.b = VENET_RING_TX
+        d.cookie = e.head
+        d.len = sizeof(venet_event_t)
+        d.flags = 0
+        d.user = 0
+        ioq_commit(e, 1)
+        self.st.txc_events += 1
+        self.txc_posted += 1
 
     cdef void _write_frame(self, uint32_t first, uint32_t last) noexcept nogil:
         """writev one frame, items[first..last], behind its vnet header."""
@@ -244,7 +291,7 @@ cdef class Pump:
                     niov += 1
             total += it.len
         flags = self.items[first].flags & IOQ_DESC_F_USER_MASK & ~(<uint32_t>VENET_F_MORE)
-        if flags & ~(<uint32_t>KNOWN_FLAGS):
+        if flags & ~self.known_flags:
             self.st.drop_offload += 1
             return
         memset(self.vhdr, 0, VENET_META_SIZE)
@@ -284,6 +331,9 @@ cdef class Pump:
                 self.st.to_tap_csum += 1
         else:
             self.st.drop_tap_write += 1
+        if flags & VENET_F_TXC:
+            # Written or refused by the kernel, the frame is done with.
+            self._post_txc(self.items[first].cookie)
 
     cdef uint32_t _tap_to_ring(self, bint *empty, bint *full) noexcept nogil:
         """Read up to budget frames into the out ring; returns how many.
