@@ -2,7 +2,7 @@
 # Each installs what it needs first (as root on Debian: apt and pip).
 PY ?= python3
 
-.PHONY: deps build demo test bench bench-save bench-compare bench-ring bench-e2e bench-notify bench-docs soak clean
+.PHONY: deps build demo test bench bench-save bench-compare bench-ring bench-e2e bench-notify bench-syscalls bench-docs soak clean
 
 deps:
 	bash scripts/install-deps.sh
@@ -38,6 +38,9 @@ bench-e2e: build
 
 bench-notify: build
 	$(PY) -m venet bench notify --json docs/notify-bench.json
+
+bench-syscalls: build
+	$(PY) -m venet bench syscalls --json docs/syscall-bench.json
 
 bench-docs:
 	$(PY) -m bench.report
