@@ -88,6 +88,4 @@ def test_bench_syscalls_smoke(tmp_path):
     rows = {row["name"]: row["value"] for row in json.loads(out.read_text())["rows"]}
     assert set(rows) == {"syscall", "read-empty", "write-60", "write-1514", "write-gso"}
     assert all(v > 0 for v in rows.values())
-    # A tap write does the kernel's work on the frame: dearer than a bare syscall.
-    assert rows["write-60"] > rows["syscall"] and rows["write-gso"] > rows["write-60"]
     assert subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout == before
