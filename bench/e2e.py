@@ -7,6 +7,7 @@ and torn down (venet.topology.Lab).  Topologies:
   venet       tap -> venet bridge -> rings -> venet attach -> tap
   venet-poll  the same with --poll-us (bounded busy-poll after work)
   venet-nooff venet with --offloads none on both sides: every frame MTU-sized
+  venet-pin   venet with both pump threads pinned to CPU 0 (--cpu 0)
   socat       two socat processes: tap <-> Unix SOCK_SEQPACKET <-> tap
   pypump      bench/pypump.py, the same shape in plain Python
   testpmd     DPDK testpmd between two net_tap ports, if dpdk-testpmd exists
@@ -30,7 +31,7 @@ import time
 from venet.topology import Lab, cpu_seconds, run_in
 
 A, B = "10.77.0.1", "10.77.0.2"
-TOPOLOGIES = ("veth", "venet", "venet-poll", "venet-nooff", "socat", "pypump", "testpmd")
+TOPOLOGIES = ("veth", "venet", "venet-poll", "venet-nooff", "venet-pin", "socat", "pypump", "testpmd")
 POLL_US = 20_000
 CLIENT_TOOLS = ("sockperf", "iperf3", "socat", "ping")
 
@@ -49,10 +50,11 @@ def build(lab, topo, mtu):
     procs = []
     if topo == "veth":
         lab.veth(a, b, "vt0", "vt1")
-    elif topo in ("venet", "venet-poll", "venet-nooff"):
+    elif topo.startswith("venet"):
         sock = lab.socket_path()
         extra = {"venet-poll": ["--poll-us", str(POLL_US)],
-                 "venet-nooff": ["--offloads", "none"]}.get(topo, [])
+                 "venet-nooff": ["--offloads", "none"],
+                 "venet-pin": ["--cpu", "0"]}.get(topo, [])
         procs.append(lab.venet("bridge", "--tap", "vt0", "--netns", a, "--socket", sock,
                                "--mtu", str(mtu), *extra))
         lab.bus_socket = sock

@@ -9,7 +9,7 @@ from venet.devices._pump import Pump
 
 
 class Attachment:
-    def __init__(self, device, tap_name, poll_us=0):
+    def __init__(self, device, tap_name, poll_us=0, cpu=None):
         self.device = device
         self.tap_fd, self.created = taplib.open_tap(tap_name)
         self.tap_name = tap_name
@@ -30,9 +30,12 @@ class Attachment:
             os.close(self.tap_fd)
             raise
         self.result = None
+        self.cpu = cpu
         self.thread = threading.Thread(target=self._run, name="attach-pump", daemon=True)
 
     def _run(self):
+        if self.cpu is not None:
+            os.sched_setaffinity(0, {self.cpu})     # the pump thread only
         self.result = self.pump.run()
 
     def start(self):

@@ -32,7 +32,7 @@ class Device:
     """One virtual-ethernet device of the bus, backed by a tap."""
 
     def __init__(self, name, tap_name, tap_fd, created, mac, mtu, poll_us=0,
-                 offloads=abi.OFFLOAD_CAPS):
+                 offloads=abi.OFFLOAD_CAPS, cpu=None):
         self.name = name
         self.tap_name = tap_name
         self.tap_fd = tap_fd
@@ -40,6 +40,7 @@ class Device:
         self.mac = mac
         self.mtu = mtu
         self.poll_us = poll_us
+        self.cpu = cpu              # pin the pump thread here (None: anywhere)
         self.owner = None
         self.caps = {}
         self.region = None
@@ -116,6 +117,8 @@ class Device:
         self.link = True
 
     def _run(self):
+        if self.cpu is not None:
+            os.sched_setaffinity(0, {self.cpu})     # this thread only
         result = self.pump.run()
         if result == "broken":
             log.warning("device %s: the frontend corrupted a ring index; link down", self.name)

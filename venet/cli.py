@@ -53,7 +53,7 @@ def build_parser():
     e2e.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     e2e.add_argument("--out", metavar="DIR", help="write a markdown table and PNG plots here")
     e2e.add_argument("--topologies", type=_topologies, metavar="A,B,...",
-                     help="a subset of veth,venet,venet-poll,venet-nooff,socat,pypump,testpmd")
+                     help="a subset of veth,venet,venet-poll,venet-nooff,venet-pin,socat,pypump,testpmd")
     e2e.set_defaults(func=_cmd_bench_e2e)
 
     sc = bsub.add_parser("syscalls", help="what syscall batching could save the pumps: a bare "
@@ -74,6 +74,7 @@ def build_parser():
                     help="busy-poll up to N us before sleeping (default 0: never)")
     br.add_argument("--group", type=_group, help="let this group use the socket (mode 0660)")
     br.add_argument("--device", help="device name on the bus (default: the tap name)")
+    br.add_argument("--cpu", type=_cpu, metavar="N", help="run the pump thread on CPU N only")
     br.add_argument("--offloads", type=_offloads, default="all", metavar="LIST",
                     help="offloads to offer frontends: all (default: what the kernel's tun "
                          "supports), none, or a list of csum,tso4,tso6,tso-ecn,uso")
@@ -85,6 +86,7 @@ def build_parser():
     at.add_argument("--tap", required=True, type=_ifname)
     at.add_argument("--netns", type=_netns)
     at.add_argument("--poll-us", type=_poll, default=0, metavar="N")
+    at.add_argument("--cpu", type=_cpu, metavar="N", help="run the pump thread on CPU N only")
     at.add_argument("--offloads", type=_offloads, default="all", metavar="LIST",
                     help="offloads to ask for and switch on the tap: all (default), none, "
                          "or a list of csum,tso4,tso6,tso-ecn,uso")
@@ -166,6 +168,19 @@ def _poll(text):
         raise argparse.ArgumentTypeError(f"--poll-us must be a number, not {text!r}")
     if not 0 <= v <= 1_000_000:
         raise argparse.ArgumentTypeError("--poll-us must be 0..1000000")
+    return v
+
+
+def _cpu(text):
+    import os
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--cpu must be a CPU number, not {text!r}")
+    allowed = sorted(os.sched_getaffinity(0))
+    if v not in allowed:
+        raise argparse.ArgumentTypeError(f"CPU {v} is not one this process may use "
+                                         f"({','.join(map(str, allowed))})")
     return v
 
 

@@ -57,7 +57,7 @@ def run_bridge(args):
         except taplib.TapError as e:
             raise UsageError(str(e))
         dev = bridge.Device(args.device or args.tap, args.tap, fd, created, None, None,
-                            poll_us=args.poll_us, offloads=args.offloads)
+                            poll_us=args.poll_us, offloads=args.offloads, cpu=args.cpu)
         br.devices[dev.name] = dev      # from here br.close() closes the tap
         try:
             taplib.configure(args.tap, mtu=args.mtu, mac=args.mac, master=args.master)
@@ -92,7 +92,7 @@ def run_attach(args):
             raise UsageError(str(e))
         _enter_netns(args.netns)
         try:
-            att = Attachment(dev, args.tap, poll_us=args.poll_us)
+            att = Attachment(dev, args.tap, poll_us=args.poll_us, cpu=args.cpu)
         except taplib.TapError as e:
             raise UsageError(str(e))
         stop = threading.Event()

@@ -273,6 +273,7 @@ def _become_nobody():
     (["--tap", "a-name-far-too-long"], "1 to 15 characters"),
     (["--tap", "vt0", "--poll-us", "-1"], "poll-us"),
     (["--tap", "vt0", "--offloads", "csum,tso9"], "unknown offload 'tso9'"),
+    (["--tap", "vt0", "--cpu", "4096"], "is not one this process may use"),
 ])
 def test_bad_command_lines(args, msg):
     r = subprocess.run([sys.executable, "-m", "venet", "bridge", *args], capture_output=True,
@@ -380,3 +381,26 @@ def test_tx_completion_events(bridged):
         assert c["txc_lost"] > 0 and c["txc_events"] + c["txc_lost"] == 45, c
         assert c["to_tap_frames"] == 46, c
         assert len([e for e in dev.events() if e[0] == abi.EV_TXC]) == abi.EVQ_RING
+
+
+def test_cpu_pins_only_the_pump_thread(bridged):
+    ns, sock, bridge = bridged("--cpu", "0")
+
+    def allowed():
+        out = {}
+        for tid in os.listdir(f"/proc/{bridge.pid}/task"):
+            with open(f"/proc/{bridge.pid}/task/{tid}/status") as f:
+                for line in f:
+                    if line.startswith("Cpus_allowed_list:"):
+                        out[tid] = line.split()[1]
+        return out
+    everywhere = ",".join(map(str, sorted(os.sched_getaffinity(0))))
+    assert "0" not in allowed().values() or everywhere == "0"
+    with fe.connect(sock) as bus:
+        bus.open("vt0")                     # link up: the pump thread starts
+        deadline = time.monotonic() + 3
+        while list(allowed().values()).count("0") != 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        lists = list(allowed().values())
+        assert lists.count("0") == 1, lists
+        assert str(bridge.pid) in allowed() and allowed()[str(bridge.pid)] != "0" or everywhere == "0"
