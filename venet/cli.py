@@ -260,6 +260,11 @@ def _cmd_bench_e2e(args):
 
 
 def main(argv=None):
+    import os
+    # numpy's OpenBLAS starts a worker thread per CPU at import; the venet
+    # processes do no linear algebra, and on 2 vCPUs a spinning BLAS worker
+    # is one more thread beside the pumps.  (Must precede the first import.)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
