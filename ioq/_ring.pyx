@@ -403,7 +403,7 @@ cdef class Ring:
         it is the first."""
         self._require(IOQ_ROLE_CONSUMER)
         cdef Py_buffer b, lb
-        cdef uint32_t rows, width, k, i, got = 0, j
+        cdef uint32_t rows, width, k, i, got = 0
         cdef ioq_item_t *it
         PyObject_GetBuffer(out, &b, PyBUF_ND | PyBUF_C_CONTIGUOUS | PyBUF_WRITABLE)
         try:
@@ -424,11 +424,7 @@ cdef class Ring:
                         continue
                     if it.len > width:
                         # Give back this item and everything after it.
-                        for j in range(i, k):
-                            if self._items[j].status != IOQ_OK:
-                                self.r.bad[self._items[j].status] -= 1
-                        self.r.head -= k - i
-                        self.r.ops -= k - i
+                        ioq_unpop(&self.r, it, k - i)
                         if got == 0 and i == 0:
                             raise ValueError(f"message of {it.len} bytes does not fit rows of {width}")
                         break
