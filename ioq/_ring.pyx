@@ -214,9 +214,16 @@ cdef class Ring:
         Returns True if work is already there: consume it instead of waiting."""
         self._live()
         shmsig_ack(&self.r.sig)
-        if shmsig_enable(&self.r.sig) or (self.role == IOQ_ROLE_CONSUMER and ioq_peek(&self.r)):
+        # Consume the 'work pending' mark before looking at the ring: left
+        # set, it would make every later arm() say True and a select()
+        # loop over an idle ring would spin.  An inject after this take
+        # marks us again, which enable() sees.
+        shmsig_take(&self.r.sig)
+        if shmsig_enable(&self.r.sig):
             return True
-        return False
+        if self.role == IOQ_ROLE_CONSUMER:
+            return ioq_peek(&self.r)
+        return ioq_free(&self.r, 1) > 0
 
     def wait(self, timeout=None):
         """Wait for the peer: data (consumer) or space (producer).  Busy-polls

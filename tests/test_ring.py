@@ -276,3 +276,19 @@ def test_abi_sizes_match_docs():
     assert (DESC_DTYPE.itemsize, ITEM_DTYPE.itemsize, SG_DTYPE.itemsize) == (32, 40, 16)
     assert ioq.HDR_SIZE == 320 and ioq.RING_HDR_SIZE == 320
     assert ioq.ring_bytes(256) == 320 + 32 * 256
+
+
+def test_arm_is_true_only_while_there_is_something_to_do(region):
+    """arm() is what select()-based users call before sleeping: True must
+    mean work is there, or a loop over an idle ring spins."""
+    p, c = region.producer(0), region.consumer(0)
+    assert not c.arm()
+    p.put(b"x")
+    assert c.arm() and c.arm()              # still there until consumed
+    assert c.get(timeout=0) == b"x"
+    assert not c.arm() and not c.arm()
+    import select
+    assert select.select([c.fileno()], [], [], 0)[0] == []
+    p.put(b"y")                             # armed: the producer kicks
+    assert select.select([c.fileno()], [], [], 1)[0] == [c.fileno()]
+    assert c.arm() and c.get(timeout=0) == b"y"

@@ -321,6 +321,13 @@ class Device:
             n += 1
         return n
 
+    def arm(self):
+        """True if a frame can be received now; otherwise ask to be kicked,
+        so that fileno() becomes readable when one arrives (for select and
+        epoll users).  Frames cut in software from a GSO frame wait in this
+        object, not in the ring: they count as ready."""
+        return bool(self._pending) or self.rx.arm()
+
     def fileno(self):
         """Readable when frames arrive after recv_nowait() returned None."""
         return self.rx.fileno()

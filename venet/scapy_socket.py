@@ -71,9 +71,9 @@ class VenetSocket(SuperSocket):
         waiting = []
         for s in sockets:
             if isinstance(s, VenetSocket):
-                # arm() drains the fd and asks to be kicked; True = a frame
-                # is already waiting.
-                (ready if s.device.rx.arm() else waiting).append(s)
+                # arm() asks to be kicked; True = a frame is already
+                # waiting (in the ring, or cut from a GSO frame).
+                (ready if s.device.arm() else waiting).append(s)
             else:
                 waiting.append(s)
         if ready:
