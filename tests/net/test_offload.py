@@ -50,7 +50,8 @@ def tcp_transfer(src, dst, dst_ip, nbytes, port=5001):
     server got them all, checked by hash."""
     srv = ns_python_bg(dst, f"""
 import socket, hashlib
-s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s = socket.socket(socket.AF_INET6 if ':' in '{dst_ip}' else socket.AF_INET)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(('{dst_ip}', {port})); s.listen(1); s.settimeout(20)
 c, _ = s.accept(); c.settimeout(20); h = hashlib.sha256(); n = 0
 while True:
@@ -90,6 +91,20 @@ def test_tcp_both_ways_travels_as_large_segments(netns, procs, sockdir, mtu):
     assert c["to_tap_frames"] < (16 << 20) // (mtu - 52) // 4, c
     assert sum(v for k, v in c.items() if k.startswith("drop_")) == 0, c
     assert csum_errors(a) == {"Tcp": 0, "Udp": 0} and csum_errors(b) == {"Tcp": 0, "Udp": 0}
+
+
+def test_tcp_over_ipv6_uses_tso6(netns, procs, sockdir):
+    a, b, sock = pair(netns, procs, sockdir)
+    for ns, ip in ((a, "fd77::1"), (b, "fd77::2")):
+        ifname = "vt0" if ns == a else "vt1"
+        # No duplicate address detection: the address is usable at once.
+        ns_python(ns, f"open('/proc/sys/net/ipv6/conf/{ifname}/accept_dad', 'w').write('0')")
+        add_addr(ns, ifname, ip, prefixlen=64)
+    assert tcp_transfer(b, a, "fd77::1", 8 << 20)
+    c = counters(sock)
+    assert c["to_tap_gso"] > 0, c
+    assert sum(v for k, v in c.items() if k.startswith("drop_")) == 0, c
+    assert csum_errors(a)["Tcp"] == 0
 
 
 @pytest.mark.parametrize("bridge_off,attach_off,gso", [
