@@ -28,7 +28,7 @@ import subprocess
 import sys
 import time
 
-from venet.topology import Lab, cpu_seconds, run_in
+from venet.topology import Lab, cpu_seconds, rss_kib, run_in
 
 A, B = "10.77.0.1", "10.77.0.2"
 TOPOLOGIES = ("veth", "venet", "venet-poll", "venet-nooff", "venet-pin", "socat", "pypump", "testpmd")
@@ -222,6 +222,16 @@ class Run:
     def idle(self):
         if not self.procs:
             return
+        try:
+            rss = [rss_kib(p.pid) / 1024 for p in self.procs]
+        except FileNotFoundError:
+            rss = None
+        if rss:
+            what = "resident memory of the pump processes after traffic (VmRSS)"
+            self.add("idle", "rss_mib", sum(rss), what)
+            if self.topo.startswith("venet"):
+                self.add("idle", "rss_mib_bridge", rss[0], what)
+                self.add("idle", "rss_mib_attach", rss[1], what)
         time.sleep(0.5)
         c0, t0 = _cpu(self.procs), time.monotonic()
         time.sleep(2)

@@ -62,6 +62,8 @@ def _fmt(metric, v):
         return f"{v:,.0f} /s"
     if metric == "cpu_percent":
         return f"{v:.1f}%"
+    if metric.startswith("rss_mib"):
+        return f"{v:.1f} MiB"
     if metric == "frames_per_wakeup":
         return f"{v:.1f}"
     if metric.endswith("cpu_s_per_gbit"):
@@ -174,6 +176,11 @@ def e2e_section(data):
         if x and s:
             lines.append(f"- TCP at MTU {mtu} without offloads (venet-nooff): {x:.2f} Gbit/s = "
                          f"{x / s:.1f}x socat (issue 3 target: 1.2x, before offloads).")
+    rb, ra = g("venet", "idle", 1500, "rss_mib_bridge"), g("venet", "idle", 1500, "rss_mib_attach")
+    if rb and ra:
+        lines.append(f"- Resident memory after traffic: bridge {rb:.1f} MiB, attach {ra:.1f} MiB "
+                     "(mostly the Python interpreter and numpy; the device's rings and buffers are "
+                     "at most 2.4 MiB of shared memory, under the 4 MiB target).")
     idle = g("venet-poll", "idle", 1500, "cpu_percent")
     if idle is not None:
         lines.append(f"- Idle CPU of bridge+attach with --poll-us: {idle:.1f}% (target: under 2%).")
