@@ -373,13 +373,13 @@ def _interrupt():
     raise KeyboardInterrupt
 
 
-def main(json_path=None, out_dir=None, quick=False, topologies=TOPOLOGIES, out=sys.stdout):
+def main(json_path=None, out_dir=None, quick=False, topologies=TOPOLOGIES, out=sys.stdout, repeats=None):
     from venet.service import on_stop_signals
     t0 = time.monotonic()
     # SIGTERM unwinds like Ctrl-C, so every Lab tears down what it made.
     restore = on_stop_signals(_interrupt)
     try:
-        rows, notes = run(quick, topologies=topologies,
+        rows, notes = run(quick, repeats=repeats, topologies=topologies,
                           progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
     finally:
         restore()

@@ -52,6 +52,8 @@ def build_parser():
     e2e.add_argument("--quick", action="store_true", help="one run, 1 s clients, MTU 1500 only")
     e2e.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
     e2e.add_argument("--out", metavar="DIR", help="write a markdown table and PNG plots here")
+    e2e.add_argument("--repeats", type=_repeats, metavar="N",
+                     help="builds and measurements per topology and MTU (default 3; --quick 1)")
     e2e.add_argument("--topologies", type=_topologies, metavar="A,B,...",
                      help="a subset of veth,venet,venet-poll,venet-nooff,venet-pin,socat,pypump,testpmd")
     e2e.set_defaults(func=_cmd_bench_e2e)
@@ -130,6 +132,16 @@ def _sockpath(text):
     if not os.path.isdir(d) and d != "/run/venet":
         raise argparse.ArgumentTypeError(f"directory {d} does not exist")
     return text
+
+
+def _repeats(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--repeats must be a number, not {text!r}")
+    if not 1 <= v <= 20:
+        raise argparse.ArgumentTypeError("--repeats must be 1..20")
+    return v
 
 
 def _offloads(text):
@@ -252,7 +264,7 @@ def _cmd_bench_e2e(args):
         raise UsageError("venet bench e2e needs root: it creates network namespaces and taps")
     from bench import e2e
     try:
-        e2e.main(json_path=args.json, out_dir=args.out, quick=args.quick,
+        e2e.main(json_path=args.json, out_dir=args.out, quick=args.quick, repeats=args.repeats,
                  topologies=args.topologies or e2e.TOPOLOGIES)
     except RuntimeError as e:
         raise UsageError(str(e))
