@@ -8,6 +8,8 @@ and torn down (venet.topology.Lab).  Topologies:
   venet-poll  the same with --poll-us (bounded busy-poll after work)
   venet-nooff venet with --offloads none on both sides: every frame MTU-sized
   venet-pin   venet with both pump threads pinned to CPU 0 (--cpu 0)
+  venet-any   venet with the pumps wherever the scheduler puts them (--cpu any;
+              the default, --cpu auto, co-locates them during bulk traffic)
   socat       two socat processes: tap <-> Unix SOCK_SEQPACKET <-> tap
   pypump      bench/pypump.py, the same shape in plain Python
   testpmd     DPDK testpmd between two net_tap ports, if dpdk-testpmd exists
@@ -31,7 +33,8 @@ import time
 from venet.topology import Lab, cpu_seconds, rss_kib, run_in
 
 A, B = "10.77.0.1", "10.77.0.2"
-TOPOLOGIES = ("veth", "venet", "venet-poll", "venet-nooff", "venet-pin", "socat", "pypump", "testpmd")
+TOPOLOGIES = ("veth", "venet", "venet-poll", "venet-nooff", "venet-pin", "venet-any", "socat",
+              "pypump", "testpmd")
 POLL_US = 20_000
 CLIENT_TOOLS = ("sockperf", "iperf3", "socat", "ping")
 
@@ -54,7 +57,8 @@ def build(lab, topo, mtu):
         sock = lab.socket_path()
         extra = {"venet-poll": ["--poll-us", str(POLL_US)],
                  "venet-nooff": ["--offloads", "none"],
-                 "venet-pin": ["--cpu", "0"]}.get(topo, [])
+                 "venet-pin": ["--cpu", "0"],
+                 "venet-any": ["--cpu", "any"]}.get(topo, [])
         procs.append(lab.venet("bridge", "--tap", "vt0", "--netns", a, "--socket", sock,
                                "--mtu", str(mtu), *extra))
         lab.bus_socket = sock

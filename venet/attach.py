@@ -3,13 +3,13 @@
 import os
 import threading
 
-from venet import abi
+from venet import abi, placement
 from venet.devices import tap as taplib
 from venet.devices._pump import Pump
 
 
 class Attachment:
-    def __init__(self, device, tap_name, poll_us=0, cpu=None):
+    def __init__(self, device, tap_name, poll_us=0, cpu=placement.AUTO):
         self.device = device
         self.tap_fd, self.created = taplib.open_tap(tap_name)
         self.tap_name = tap_name
@@ -23,19 +23,19 @@ class Attachment:
                 raise taplib.TapError(f"this kernel's tun lacks offloads "
                                       f"{abi.cap_names(device.offloads & ~caps)} the device negotiated")
             taplib.set_offloads(self.tap_fd, caps)
+            self.pin, bulk = placement.pump_args(cpu, device.name)
             # in = RX ring (frames for our tap), out = TX ring (frames from it)
             self.pump = Pump(device.rx, device.tx, self.tap_fd, poll_us=poll_us,
-                             mtu=device.mtu, caps=caps)
+                             mtu=device.mtu, caps=caps, bulk_cpu=bulk)
         except BaseException:
             os.close(self.tap_fd)
             raise
         self.result = None
-        self.cpu = cpu
         self.thread = threading.Thread(target=self._run, name="attach-pump", daemon=True)
 
     def _run(self):
-        if self.cpu is not None:
-            os.sched_setaffinity(0, {self.cpu})     # the pump thread only
+        if self.pin is not None:
+            os.sched_setaffinity(0, {self.pin})     # the pump thread only
         self.result = self.pump.run()
 
     def start(self):

@@ -16,7 +16,7 @@ import struct
 import threading
 
 import ioq
-from venet import abi, control
+from venet import abi, control, placement
 from venet.control import ProtocolError, field
 from venet.devices import tap as taplib
 from venet.devices._pump import Pump
@@ -32,7 +32,7 @@ class Device:
     """One virtual-ethernet device of the bus, backed by a tap."""
 
     def __init__(self, name, tap_name, tap_fd, created, mac, mtu, poll_us=0,
-                 offloads=abi.OFFLOAD_CAPS, cpu=None):
+                 offloads=abi.OFFLOAD_CAPS, cpu=placement.AUTO):
         self.name = name
         self.tap_name = tap_name
         self.tap_fd = tap_fd
@@ -40,7 +40,7 @@ class Device:
         self.mac = mac
         self.mtu = mtu
         self.poll_us = poll_us
-        self.cpu = cpu              # pin the pump thread here (None: anywhere)
+        self.cpu = cpu              # --cpu: N, "auto" or "any" (venet/placement.py)
         self.owner = None
         self.caps = {}
         self.region = None
@@ -102,9 +102,10 @@ class Device:
         rx = self.region.producer(abi.RING_RX)
         self.evq = self.region.producer(abi.RING_EVQ)
         txc = self.caps.get(abi.CAP_GROUP_EVENTQ, 0) & abi.CAP_EVQ_TXC
+        self.pin, bulk = placement.pump_args(self.cpu, self.name)
         try:
             self.pump = Pump(tx, rx, self.tap_fd, poll_us=self.poll_us, mtu=self.mtu, caps=caps,
-                             txc_evq=self.evq if txc else None)
+                             txc_evq=self.evq if txc else None, bulk_cpu=bulk)
         except ValueError as e:
             raise DeviceError(str(e)) from None
         # The kernel may now hand the tap's reader what the frontend accepts.
@@ -117,8 +118,8 @@ class Device:
         self.link = True
 
     def _run(self):
-        if self.cpu is not None:
-            os.sched_setaffinity(0, {self.cpu})     # this thread only
+        if self.pin is not None:
+            os.sched_setaffinity(0, {self.pin})     # this thread only
         result = self.pump.run()
         if result == "broken":
             log.warning("device %s: the frontend corrupted a ring index; link down", self.name)

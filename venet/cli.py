@@ -55,7 +55,7 @@ def build_parser():
     e2e.add_argument("--repeats", type=_repeats, metavar="N",
                      help="builds and measurements per topology and MTU (default 3; --quick 1)")
     e2e.add_argument("--topologies", type=_topologies, metavar="A,B,...",
-                     help="a subset of veth,venet,venet-poll,venet-nooff,venet-pin,socat,pypump,testpmd")
+                     help="a subset of veth,venet,venet-poll,venet-nooff,venet-pin,venet-any,socat,pypump,testpmd")
     e2e.set_defaults(func=_cmd_bench_e2e)
 
     sc = bsub.add_parser("syscalls", help="what syscall batching could save the pumps: a bare "
@@ -76,7 +76,9 @@ def build_parser():
                     help="busy-poll up to N us before sleeping (default 0: never)")
     br.add_argument("--group", type=_group, help="let this group use the socket (mode 0660)")
     br.add_argument("--device", help="device name on the bus (default: the tap name)")
-    br.add_argument("--cpu", type=_cpu, metavar="N", help="run the pump thread on CPU N only")
+    br.add_argument("--cpu", type=_cpu, default="auto", metavar="N|auto|any",
+                    help="where the pump thread runs: CPU N always; auto (default) anywhere, "
+                         "but on the device's CPU while moving bulk traffic; any: anywhere")
     br.add_argument("--offloads", type=_offloads, default="all", metavar="LIST",
                     help="offloads to offer frontends: all (default: what the kernel's tun "
                          "supports), none, or a list of csum,tso4,tso6,tso-ecn,uso")
@@ -88,7 +90,9 @@ def build_parser():
     at.add_argument("--tap", required=True, type=_ifname)
     at.add_argument("--netns", type=_netns)
     at.add_argument("--poll-us", type=_poll, default=0, metavar="N")
-    at.add_argument("--cpu", type=_cpu, metavar="N", help="run the pump thread on CPU N only")
+    at.add_argument("--cpu", type=_cpu, default="auto", metavar="N|auto|any",
+                    help="as for venet bridge (auto meets the bridge's pump on one CPU "
+                         "during bulk traffic)")
     at.add_argument("--offloads", type=_offloads, default="all", metavar="LIST",
                     help="offloads to ask for and switch on the tap: all (default), none, "
                          "or a list of csum,tso4,tso6,tso-ecn,uso")
@@ -185,10 +189,13 @@ def _poll(text):
 
 def _cpu(text):
     import os
+    from venet import placement
+    if text in (placement.AUTO, placement.ANY):
+        return text
     try:
         v = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--cpu must be a CPU number, not {text!r}")
+        raise argparse.ArgumentTypeError(f"--cpu must be auto, any or a CPU number, not {text!r}")
     allowed = sorted(os.sched_getaffinity(0))
     if v not in allowed:
         raise argparse.ArgumentTypeError(f"CPU {v} is not one this process may use "

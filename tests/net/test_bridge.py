@@ -274,6 +274,7 @@ def _become_nobody():
     (["--tap", "vt0", "--poll-us", "-1"], "poll-us"),
     (["--tap", "vt0", "--offloads", "csum,tso9"], "unknown offload 'tso9'"),
     (["--tap", "vt0", "--cpu", "4096"], "is not one this process may use"),
+    (["--tap", "vt0", "--cpu", "sometimes"], "must be auto, any or a CPU number"),
 ])
 def test_bad_command_lines(args, msg):
     r = subprocess.run([sys.executable, "-m", "venet", "bridge", *args], capture_output=True,

@@ -2,6 +2,8 @@
 through bridge + attach as large segments, mixed peers, what a Python
 frontend sees, and hostile metadata dropped and counted before the kernel."""
 import hashlib
+import os
+import threading
 import time
 
 import pytest
@@ -9,7 +11,7 @@ from scapy.all import ARP, IP, UDP, Ether, Raw, raw
 
 import ioq
 import venet.frontend as fe
-from tests.net.conftest import add_addr, ns_ipr, ns_python, ns_python_bg, run_in
+from tests.net.conftest import add_addr, ns_ipr, ns_python, ns_python_bg, ping, run_in
 from venet import _frames, abi
 from venet.offload import Meta
 
@@ -368,3 +370,50 @@ def test_scapy_socket_delivers_plain_checksummed_frames(kernel_side):
             assert len(pkts) == 20
             assert all(len(raw(p)) <= 1514 and _checksum_ok(raw(p)) for p in pkts)
             dev.close()
+
+
+def _thread_cpus(pid):
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            for line in f:
+                if line.startswith("Cpus_allowed_list:"):
+                    out[tid] = line.split()[1]
+    return out
+
+
+def test_bulk_traffic_brings_both_pumps_to_the_device_cpu(netns, procs, sockdir):
+    """--cpu auto (the default): during a bulk TCP transfer both pump threads
+    run on the device's bulk CPU; after it, a small-frame conversation gets
+    them back their CPUs."""
+    from venet import placement
+    if len(os.sched_getaffinity(0)) < 2:
+        pytest.skip("needs two CPUs to tell a pinned thread from a free one")
+    a, b, sock = pair(netns, procs, sockdir)
+    bridge, attach = procs.procs[-2:]
+    want = str(placement.bulk_cpu("vt0"))
+    seen = {"bridge": False, "attach": False}
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            for name, p in (("bridge", bridge), ("attach", attach)):
+                if want in _thread_cpus(p.pid).values():
+                    seen[name] = True
+            time.sleep(0.01)
+    w = threading.Thread(target=watch)
+    w.start()
+    try:
+        assert tcp_transfer(b, a, A_IP, 64 << 20)
+    finally:
+        stop.set()
+        w.join()
+    assert seen == {"bridge": True, "attach": True}
+    assert counters(sock)["bulk_pins"] >= 1
+    # Small frames for longer than the 200 ms hold: the pumps let go.
+    rtts, out = ping(a, B_IP, 10, interval=0.05)
+    assert len(rtts) == 10, out
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and want in _thread_cpus(bridge.pid).values():
+        time.sleep(0.05)
+    assert want not in _thread_cpus(bridge.pid).values()
