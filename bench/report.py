@@ -199,14 +199,15 @@ def e2e_section(data):
         cpu = [f"{t} {m:.3f}" + (f" (pumps {p:.3f})" if p is not None else "") for t, m, p in cpu if m]
         if cpu:
             lines.append(f"- CPU seconds per Gbit at MTU {mtu}, whole machine: " + ", ".join(cpu) + ".")
-    for mtu in (1500, 9000):
-        c = f"iperf3-mtu{mtu}"
-        x, vt = g("venet-pin", c, mtu, "gbit_per_s"), g("veth", c, mtu, "gbit_per_s")
-        r = g("venet-pin", "sockperf-64", 1500, "rtt_us_p50")
-        if x and vt:
-            lat = f"; its sockperf 64 B p50 {r:.1f} us" if r and mtu == 1500 else ""
-            lines.append(f"- TCP at MTU {mtu} with both pumps on CPU 0 (venet-pin): {x:.2f} Gbit/s = "
-                         f"{x / vt:.2f}x veth{lat}.")
+    for topo, what in (("venet-any", "pumps where the scheduler puts them (--cpu any)"),
+                       ("venet-pin", "both pumps always on CPU 0 (--cpu 0)")):
+        for mtu in (1500, 9000):
+            c = f"iperf3-mtu{mtu}"
+            x, vt = g(topo, c, mtu, "gbit_per_s"), g("veth", c, mtu, "gbit_per_s")
+            r = g(topo, "sockperf-64", 1500, "rtt_us_p50")
+            if x and vt:
+                lat = f"; its sockperf 64 B p50 {r:.1f} us" if r and mtu == 1500 else ""
+                lines.append(f"- TCP at MTU {mtu}, {what}: {x:.2f} Gbit/s = {x / vt:.2f}x veth{lat}.")
     x, no = g("venet", "sockperf-64", 1500, "rtt_us_p50"), g("venet-nooff", "sockperf-64", 1500, "rtt_us_p50")
     if x and no:
         lines.append(f"- sockperf 64 B p50 with offloads {x:.1f} us, without {no:.1f} us "
