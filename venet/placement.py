@@ -4,14 +4,15 @@
   any   wherever the scheduler puts it
   auto  (default) wherever the scheduler puts it, except while it moves
         bulk traffic (GSO frames at about 1 Gbit/s or more): then on the
-        device's bulk CPU, with the device's other pump
+        device's bulk CPU, with the device's other pump, until its first
+        turn of work 200 ms after the bulk stopped
 
 Why auto: the two pumps of a device kick each other for nearly every
 64 KiB frame, and on a VM a wake-up on the other vCPU costs about 31 us
 against about 1 us on the same one.  Meeting on one CPU during bulk
 transfers moved TCP from 0.59x to about 0.8x a veth pair here; keeping
 small-frame conversations where the scheduler puts them keeps their round
-trips (pinning always doubled them).  The bridge and the attach are two
+trips (pinning always made them 1.6x longer).  The bridge and the attach are two
 processes that never discuss this: both derive the CPU from the device's
 name, so they agree, and different devices spread over the CPUs.
 """
