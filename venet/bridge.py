@@ -41,6 +41,7 @@ class Device:
         self.mtu = mtu
         self.poll_us = poll_us
         self.cpu = cpu              # --cpu: N, "auto" or "any" (venet/placement.py)
+        self.pin = None             # the CPU the pump thread is pinned to for good
         self.owner = None
         self.caps = {}
         self.region = None
