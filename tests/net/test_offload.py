@@ -417,3 +417,25 @@ def test_bulk_traffic_brings_both_pumps_to_the_device_cpu(netns, procs, sockdir)
     while time.monotonic() < deadline and want in _thread_cpus(bridge.pid).values():
         time.sleep(0.05)
     assert want not in _thread_cpus(bridge.pid).values()
+
+
+def test_frames_queued_under_an_earlier_frontends_offloads_never_reach_a_plain_one(kernel_side):
+    """The tap's queue can hold GSO frames made while an offloading frontend
+    was attached; after it leaves, a frontend without offloads must see only
+    plain frames (the stale ones are dropped and counted)."""
+    ns, sock = kernel_side
+    with fe.connect(sock) as bus:
+        greedy = bus.open("vt0", offloads="all", ring_size=128)     # and never reads
+        ns_python(ns, USO_SENDER.format(gso=True, sends=60, dst=B_IP))
+        greedy.close()                  # link down: the tap's offloads go off
+        plain = bus.open("vt0")
+        frames = []
+        while True:
+            f = plain.recv(timeout=0.5)
+            if f is None:
+                break
+            frames.append(f)
+        c = bus.stats()["devices"][0]["counters"]
+        assert c["drop_rx_meta"] > 0, c                 # stale GSO frames were there
+        udp = [f for f in frames if UDP in Ether(f)]
+        assert all(len(f) <= 1514 and _checksum_ok(f) for f in udp)
