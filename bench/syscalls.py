@@ -19,7 +19,6 @@ import json
 import os
 import socket
 import struct
-import subprocess
 import sys
 
 N = 200_000

@@ -2,6 +2,7 @@
 namespace, tap, veth, address and process a test makes lives in its lab
 and is removed (processes killed by pid) at teardown, pass or fail.  Nothing
 touches the root namespace."""
+import os
 import pathlib
 import subprocess
 import sys
@@ -60,3 +61,14 @@ def ns_python_bg(ns, code):
 def _enter(ns):
     from pyroute2 import netns as nslib
     nslib.setns(ns)
+
+
+def thread_cpus(pid):
+    """{thread id: its Cpus_allowed_list} for every thread of `pid`."""
+    out = {}
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        with open(f"/proc/{pid}/task/{tid}/status") as f:
+            for line in f:
+                if line.startswith("Cpus_allowed_list:"):
+                    out[tid] = line.split()[1]
+    return out

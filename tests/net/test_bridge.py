@@ -10,7 +10,7 @@ import pytest
 from scapy.all import ARP, ICMP, IP, UDP, Ether, Raw, raw
 
 import venet.frontend as fe
-from tests.net.conftest import ROOT, add_addr, ns_ipr, ns_python, ns_python_bg, ping, run_in
+from tests.net.conftest import ROOT, add_addr, ns_ipr, ns_python, ns_python_bg, ping, thread_cpus
 
 ME = "02:00:00:00:00:99"
 KMAC = "02:00:00:00:00:01"
@@ -388,13 +388,7 @@ def test_cpu_pins_only_the_pump_thread(bridged):
     ns, sock, bridge = bridged("--cpu", "0")
 
     def allowed():
-        out = {}
-        for tid in os.listdir(f"/proc/{bridge.pid}/task"):
-            with open(f"/proc/{bridge.pid}/task/{tid}/status") as f:
-                for line in f:
-                    if line.startswith("Cpus_allowed_list:"):
-                        out[tid] = line.split()[1]
-        return out
+        return thread_cpus(bridge.pid)
     everywhere = ",".join(map(str, sorted(os.sched_getaffinity(0))))
     assert "0" not in allowed().values() or everywhere == "0"
     with fe.connect(sock) as bus:

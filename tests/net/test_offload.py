@@ -11,7 +11,7 @@ from scapy.all import ARP, IP, UDP, Ether, Raw, raw
 
 import ioq
 import venet.frontend as fe
-from tests.net.conftest import add_addr, ns_ipr, ns_python, ns_python_bg, ping, run_in
+from tests.net.conftest import add_addr, ns_ipr, ns_python, ns_python_bg, ping, run_in, thread_cpus
 from venet import _frames, abi
 from venet.offload import Meta
 
@@ -372,16 +372,6 @@ def test_scapy_socket_delivers_plain_checksummed_frames(kernel_side):
             dev.close()
 
 
-def _thread_cpus(pid):
-    out = {}
-    for tid in os.listdir(f"/proc/{pid}/task"):
-        with open(f"/proc/{pid}/task/{tid}/status") as f:
-            for line in f:
-                if line.startswith("Cpus_allowed_list:"):
-                    out[tid] = line.split()[1]
-    return out
-
-
 def test_bulk_traffic_brings_both_pumps_to_the_device_cpu(netns, procs, sockdir):
     """--cpu auto (the default): during a bulk TCP transfer both pump threads
     run on the device's bulk CPU; after it, a small-frame conversation gets
@@ -398,7 +388,7 @@ def test_bulk_traffic_brings_both_pumps_to_the_device_cpu(netns, procs, sockdir)
     def watch():
         while not stop.is_set():
             for name, p in (("bridge", bridge), ("attach", attach)):
-                if want in _thread_cpus(p.pid).values():
+                if want in thread_cpus(p.pid).values():
                     seen[name] = True
             time.sleep(0.01)
     w = threading.Thread(target=watch)
@@ -414,9 +404,9 @@ def test_bulk_traffic_brings_both_pumps_to_the_device_cpu(netns, procs, sockdir)
     rtts, out = ping(a, B_IP, 10, interval=0.05)
     assert len(rtts) == 10, out
     deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and want in _thread_cpus(bridge.pid).values():
+    while time.monotonic() < deadline and want in thread_cpus(bridge.pid).values():
         time.sleep(0.05)
-    assert want not in _thread_cpus(bridge.pid).values()
+    assert want not in thread_cpus(bridge.pid).values()
 
 
 def test_frames_queued_under_an_earlier_frontends_offloads_never_reach_a_plain_one(kernel_side):
