@@ -101,8 +101,10 @@ def recv_frame(Ring ring not None, timeout=None):
     cdef uint64_t total
     cdef bint bad
     cdef bytes out
+    cdef object rec
     cdef char *dst
-    cdef uint32_t skip, flags
+    cdef uint32_t skip, flags, first_len
+    cdef uint64_t first_off
     if want > r.count:
         want = r.count
     while True:
@@ -142,26 +144,40 @@ def recv_frame(Ring ring not None, timeout=None):
             total += items[j].len
         flags = items[0].flags & 0xffff0000 & ~(<uint32_t>VENET_F_MORE)
         skip = VENET_META_SIZE if flags & (VENET_F_NEEDS_CSUM | VENET_F_GSO) else 0
-        if bad or total <= skip or (e > 0 and items[0].sg_count):
+        # The record lies whole in the frame's first piece (as the pumps
+        # require): a direct buffer, or an SG list's first entry.
+        if items[0].sg_count:
+            first_off = ring._sg[items[0].sg_first].offset
+            first_len = ring._sg[items[0].sg_first].len
+        else:
+            first_off = items[0].offset
+            first_len = items[0].len
+        if bad or total <= skip or first_len < skip or (e > 0 and items[0].sg_count):
             ioq_release(r)
             shmsig_inject(&r.sig)
             continue
-        out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
+        rec = PyBytes_FromStringAndSize(r.base + first_off, skip) if skip else None
+        out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>(total - skip))
         dst = PyBytes_AS_STRING(out)
         for j in range(e + 1):
             if items[j].sg_count == 0:
-                memcpy(dst, r.base + items[j].offset, items[j].len)
-                dst += items[j].len
+                dst = _take(dst, r.base + items[j].offset, items[j].len, &skip)
             else:
                 for q in range(items[j].sg_count):
-                    memcpy(dst, r.base + ring._sg[items[j].sg_first + q].offset,
-                           ring._sg[items[j].sg_first + q].len)
-                    dst += ring._sg[items[j].sg_first + q].len
+                    dst = _take(dst, r.base + ring._sg[items[j].sg_first + q].offset,
+                                ring._sg[items[j].sg_first + q].len, &skip)
         ioq_release(r)
         shmsig_inject(&r.sig)
-        if skip:
-            return out[skip:], flags, out[:skip]
-        return out, flags, None
+        return out, flags, rec
+
+
+cdef inline char *_take(char *dst, const char *src, uint32_t n, uint32_t *skip) noexcept nogil:
+    """Copy a piece, leaving out its first *skip bytes (the record, only
+    ever in the first piece); returns where the next piece goes."""
+    cdef uint32_t s = skip[0]
+    memcpy(dst, src + s, n - s)
+    skip[0] = 0
+    return dst + (n - s)
 
 
 cdef void _skip_chain(Ring ring):

@@ -33,6 +33,12 @@ def consistent_caps(bits):
     return bits
 
 
+def max_frame(mtu, offloads):
+    """The longest frame (without its record) a device carries: a GSO frame
+    if segmentation offloads were negotiated, else one MTU frame."""
+    return MAX_GSO_FRAME if consistent_caps(offloads) & OFFLOAD_CAPS & ~CAP_CSUM else mtu + ETH_HLEN
+
+
 def cap_names(bits):
     """'csum,tso4,...' for SG-group bits."""
     return ",".join(n for b, n in CAP_NAMES.items() if bits & b) or "none"

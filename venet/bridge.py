@@ -97,9 +97,7 @@ class Device:
         if self.pump is not None:
             return
         caps = self.offloads
-        gso = caps & ~abi.CAP_CSUM
-        longest = abi.MAX_GSO_FRAME if gso else self.mtu + abi.ETH_HLEN
-        tx = self.region.consumer(abi.RING_TX, max_len=abi.META_SIZE + longest)
+        tx = self.region.consumer(abi.RING_TX, max_len=abi.META_SIZE + abi.max_frame(self.mtu, caps))
         rx = self.region.producer(abi.RING_RX)
         self.evq = self.region.producer(abi.RING_EVQ)
         txc = self.caps.get(abi.CAP_GROUP_EVENTQ, 0) & abi.CAP_EVQ_TXC

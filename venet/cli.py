@@ -138,16 +138,6 @@ def _sockpath(text):
     return text
 
 
-def _repeats(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--repeats must be a number, not {text!r}")
-    if not 1 <= v <= 20:
-        raise argparse.ArgumentTypeError("--repeats must be 1..20")
-    return v
-
-
 def _offloads(text):
     from venet import abi
     try:
@@ -177,14 +167,21 @@ def _mac(text):
     return text.lower()
 
 
-def _poll(text):
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"--poll-us must be a number, not {text!r}")
-    if not 0 <= v <= 1_000_000:
-        raise argparse.ArgumentTypeError("--poll-us must be 0..1000000")
-    return v
+def _int_option(name, lo, hi):
+    """A parser for an integer option in lo..hi."""
+    def parse(text):
+        try:
+            v = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} must be a number, not {text!r}")
+        if not lo <= v <= hi:
+            raise argparse.ArgumentTypeError(f"{name} must be {lo}..{hi}")
+        return v
+    return parse
+
+
+_poll = _int_option("--poll-us", 0, 1_000_000)
+_repeats = _int_option("--repeats", 1, 20)
 
 
 def _cpu(text):

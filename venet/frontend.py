@@ -107,8 +107,7 @@ class Device:
             # Only what both asked for and granted, made consistent.
             self.offloads = abi.consistent_caps(self.caps[abi.CAP_GROUP_SG]) & abi.OFFLOAD_CAPS
             self.txc = bool(self.caps[abi.CAP_GROUP_EVENTQ] & abi.CAP_EVQ_TXC)
-            self._max_frame = abi.MAX_GSO_FRAME if self.offloads & ~abi.CAP_CSUM else \
-                self.mtu + abi.ETH_HLEN
+            self._max_frame = abi.max_frame(self.mtu, self.offloads)
             buf = buf_size or abi.buf_size_for(self.mtu)
             # Frames may arrive as chains (or with records) only with
             # offloads or when an MTU frame and the tap's header overflow
@@ -182,14 +181,15 @@ class Device:
             if not self.txc:
                 raise ValueError(f"device {self.name} was not opened with txc=True")
             flags |= abi.F_TXC
-        if flags or n > self._buf:
-            put = lambda t: _frames.send_frame(self.tx, frame, flags, rec, t, txc)
-        else:
-            put = lambda t: self.tx.put(frame, timeout=t)
+        chained = flags or n > self._buf         # a record, a flag or several slots
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            got = put(_LIVENESS_SLICE if timeout is None else
-                      max(0.0, min(_LIVENESS_SLICE, deadline - time.monotonic())))
+            t = _LIVENESS_SLICE if timeout is None else \
+                max(0.0, min(_LIVENESS_SLICE, deadline - time.monotonic()))
+            if chained:
+                got = _frames.send_frame(self.tx, frame, flags, rec, t, txc)
+            else:
+                got = self.tx.put(frame, timeout=t)
             if got is not None and got is not False:
                 return got
             self._check_backend()
