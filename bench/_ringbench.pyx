@@ -239,6 +239,101 @@ def ring_pong(Ring rx, Ring tx, Py_ssize_t n, int mode, uint64_t buf_off):
         raise RuntimeError(f"ring pong failed at {i}")
 
 
+# ---- a bare C SPSC ring of 64-byte messages: the stream limit ------------
+#
+# What a ring costs with nothing but the two indices and the messages, each
+# in its own 64-byte slot (Lamport's queue with cached peer indices, the
+# shape of the "C SPSC ring" the targets were measured with).  No
+# descriptors, no validation, no buffer pool: ioq-stream-bN over
+# spsc-stream-c-bN is the price of ioq's ABI, on whatever pair of CPUs the
+# host gave us this run.  Layout in a MAP_SHARED buffer of SPSC_BYTES:
+#   +0 u32 head (producer)   +64 u32 tail (consumer)   +128 slots[SPSC_SLOTS]
+
+DEF SPSC_SLOTS = 1024
+DEF SPSC_SLOTS_OFF = 128
+SPSC_BYTES = SPSC_SLOTS_OFF + SPSC_SLOTS * 64
+
+
+cdef char *_spsc_buffer(object buf, Py_buffer *b) except NULL:
+    PyObject_GetBuffer(buf, b, PyBUF_WRITABLE)
+    if b.len < SPSC_BYTES:
+        PyBuffer_Release(b)
+        raise ValueError(f"buffer must hold at least {SPSC_BYTES} bytes")
+    return <char *>b.buf
+
+
+def spsc_stream_send(buf, uint64_t total, uint32_t batch):
+    """Push `total` 64-byte messages in batches; each starts with its
+    sequence number.  Returns how many were sent before the deadline."""
+    cdef Py_buffer b
+    cdef char *base = _spsc_buffer(buf, &b)
+    cdef uint32_t *head_p = <uint32_t *>base
+    cdef uint32_t *tail_p = <uint32_t *>(base + 64)
+    cdef char *slots = base + SPSC_SLOTS_OFF
+    cdef uint32_t head = 0, tail = 0, want, i
+    cdef uint64_t seq = 0, deadline = venet_now_ns() + DEADLINE_NS
+    cdef uint8_t payload[64]
+    if batch == 0 or batch > SPSC_SLOTS:
+        PyBuffer_Release(&b)
+        raise ValueError("bad batch")
+    memset(payload, 0xa5, 64)
+    with nogil:
+        while seq < total:
+            want = batch if total - seq >= batch else <uint32_t>(total - seq)
+            if SPSC_SLOTS - (head - tail) < want:
+                tail = venet_load_acquire_u32(tail_p)
+                if SPSC_SLOTS - (head - tail) < want:
+                    if venet_now_ns() > deadline:
+                        break
+                    for i in range(SPIN_BACKOFF):
+                        venet_cpu_relax()
+                    continue
+            for i in range(want):
+                (<uint64_t *>payload)[0] = seq + i
+                memcpy(slots + <size_t>((head + i) & (SPSC_SLOTS - 1)) * 64, payload, 64)
+            head += want
+            venet_store_release_u32(head_p, head)
+            seq += want
+    PyBuffer_Release(&b)
+    return seq
+
+
+def spsc_stream_recv(buf, uint64_t total, uint32_t batch):
+    """Pop `total` messages, up to `batch` per turn, checking each carries
+    the next sequence number.  Returns (received, errors)."""
+    cdef Py_buffer b
+    cdef char *base = _spsc_buffer(buf, &b)
+    cdef uint32_t *head_p = <uint32_t *>base
+    cdef uint32_t *tail_p = <uint32_t *>(base + 64)
+    cdef char *slots = base + SPSC_SLOTS_OFF
+    cdef uint32_t head = 0, tail = 0, k, i
+    cdef uint64_t seq = 0, errors = 0, deadline = venet_now_ns() + DEADLINE_NS
+    if batch == 0 or batch > SPSC_SLOTS:
+        PyBuffer_Release(&b)
+        raise ValueError("bad batch")
+    with nogil:
+        while seq < total:
+            if head == tail:
+                head = venet_load_acquire_u32(head_p)
+                if head == tail:
+                    if venet_now_ns() > deadline:
+                        break
+                    for i in range(SPIN_BACKOFF):
+                        venet_cpu_relax()
+                    continue
+            k = head - tail
+            if k > batch:
+                k = batch
+            for i in range(k):
+                if (<uint64_t *>(slots + <size_t>((tail + i) & (SPSC_SLOTS - 1)) * 64))[0] != seq:
+                    errors += 1
+                seq += 1
+            tail += k
+            venet_store_release_u32(tail_p, tail)
+    PyBuffer_Release(&b)
+    return seq, errors
+
+
 # ---- ioq stream: 64-byte payloads copied into paired buffers --------------
 
 cdef inline uint64_t _mix(uint64_t x) noexcept nogil:

@@ -91,19 +91,31 @@ def ring_section(data):
     for name, lim in (("ioq-stream-b32", 50e6), ("ioq-stream-b1", 10e6)):
         if (name, "msgs_per_s") in v:
             out.append(f"| {name} | >= {lim / 1e6:.0f} M/s | {v[(name, 'msgs_per_s')] / 1e6:.1f} M/s |")
+    price = [(k, rat[k]) for k in ("ioq-stream-b1 / spsc-stream-c-b1", "ioq-stream-b32 / spsc-stream-c-b32")
+             if k in rat]
+    if price:
+        out += ["", "What ioq's ABI costs against the bare C ring, same run: "
+                + ", ".join(f"{k} = {r:.2f}" for k, r in price) + "."]
     out += ["", f"The bare cache-line round trip of this run, {spin:,.0f} ns, says where the two vCPUs "
             "sat: about 100 ns when close, about 380 ns when far (both seen on this VM within one "
             "session; the streams fall about 3x in the far placement).  Read rows against it.  "
             "Observed on 2026-11-25 around 16:05 UTC with the vCPUs far apart (spin 381-401 ns, "
             "`python -m venet bench ring`, not the run above): ioq-pingpong-poll 1.20-1.28x the "
             "spin, but ioq-stream-b32 only 38-40 M msg/s, below the 50 M/s target; the issue's "
-            "own reference figures (spin 295 ns) were taken in such a placement.", "",
+            "own reference figures (spin 295 ns) were taken in such a placement.  Hence the "
+            "`spsc-stream-c` rows: a bare ring pays the same cache-line transfers in whatever "
+            "placement the run got, so the ratio of the ioq rows to them is the ring's own cost.", "",
             "- `spin-pingpong-c`: the limit, a bare busy-poll on one shared cache line (C, GIL released).",
             "- `ioq-pingpong-poll`: one descriptor each way through two rings, both polling.  The "
             "consumer polls the slot's own `seq` word, so one line moves per direction (an earlier "
             "layout that read the producer's index first measured 1.9x the spin).",
             "- `ioq-pingpong-signal`: both sides sleep in `shmsignal`; against a bare eventfd "
             "ping-pong.  The eventfd is drained before the next sleep, off the wake-to-work path.",
+            "- `spsc-stream-c-bN`: the stream's limit, a bare C ring (two indices on their own "
+            "lines, cached by the other side, and 64-byte messages in the slots themselves; no "
+            "descriptors, buffer pool or validation), N per publication, sequence checked.  ioq "
+            "moves a 32-byte descriptor beside each 64-byte buffer: 1.5 cache lines a message "
+            "against 1.",
             "- `ioq-stream-bN`: 64-byte payloads copied into paired buffers, N per publication, "
             "sequence checked; `-py-` rows use the Python API as users call it (`put`/`get`, "
             "`put_batch`/`get_batch`), beside faster-fifo (`put`/`get`, `put_many`/`get_many`)."]

@@ -29,6 +29,15 @@ class Pair:
     outlives the parent's measurement by more than `grace` seconds."""
 
     def __init__(self, cpus, grace=10.0):
+        allowed = os.sched_getaffinity(0)
+        for c in cpus:
+            if c not in allowed:
+                raise ValueError(f"CPU {c} is not available here (this process may use "
+                                 f"{sorted(allowed)})")
+        if len(set(cpus)) != 2:
+            # Two busy-pollers on one CPU only take turns at the scheduler's tick.
+            raise ValueError("the two sides need two different CPUs (the busy-poll rows "
+                             "spin on both at once)")
         self.cpus = cpus
         self.grace = grace
 
@@ -171,6 +180,25 @@ def _rate(name, count, seconds):
     return {"name": name, "metric": "msgs_per_s", "value": count / seconds}
 
 
+def bench_spsc_stream(pair, total, batch):
+    """The bare C ring (no descriptors, no pool, no checks): ioq's limit."""
+    m = mmap.mmap(-1, rb.SPSC_BYTES, mmap.MAP_SHARED)
+    try:
+        res = {}
+
+        def parent():
+            t0 = time.perf_counter()
+            got, errors = rb.spsc_stream_recv(m, total, batch)
+            res["t"] = time.perf_counter() - t0
+            if got != total or errors:
+                raise RuntimeError(f"C ring lost data: got {got}/{total}, {errors} errors")
+
+        pair.run(parent, lambda: rb.spsc_stream_send(m, total, batch))
+        return [_rate(f"spsc-stream-c-b{batch}", total, res["t"])]
+    finally:
+        m.close()
+
+
 def bench_ring_stream(pair, total, batch):
     region = ioq.Region.create([1024], buf_size=64)
     try:
@@ -294,6 +322,8 @@ def run(cpus=(0, 1), quick=False, progress=None):
         lambda: bench_fd_pingpong(pair, 10_000 // s, "eventfd"),
         lambda: bench_fd_pingpong(pair, 10_000 // s, "pipe"),
         lambda: bench_mp_pipe(pair, 10_000 // s),
+        lambda: bench_spsc_stream(pair, 20_000_000 // s, 1),
+        lambda: bench_spsc_stream(pair, 50_000_000 // s, 32),
         lambda: bench_ring_stream(pair, 20_000_000 // s, 1),
         lambda: bench_ring_stream(pair, 50_000_000 // s, 32),
         lambda: bench_ring_stream(pair, 50_000_000 // s, 256),
@@ -327,6 +357,10 @@ def ratios(rows):
     if efd and get("ioq-pingpong-signal", "rtt_ns_p50"):
         out["ioq-pingpong-signal / eventfd-pingpong"] = get("ioq-pingpong-signal", "rtt_ns_p50") / efd
     for b in (1, 32):
+        c, q = get(f"spsc-stream-c-b{b}", "msgs_per_s"), get(f"ioq-stream-b{b}", "msgs_per_s")
+        if c and q:
+            out[f"ioq-stream-b{b} / spsc-stream-c-b{b}"] = q / c
+    for b in (1, 32):
         ff = get(f"faster-fifo-b{b}", "msgs_per_s")
         py = get(f"ioq-stream-py-b{b}", "msgs_per_s")
         if ff and py:
@@ -349,11 +383,6 @@ def format_table(rows):
 
 
 def main(cpus=(0, 1), json_path=None, quick=False, out=sys.stdout):
-    ncpu = os.cpu_count() or 1
-    for c in cpus:
-        if c >= ncpu or c < 0 or c not in os.sched_getaffinity(0):
-            raise ValueError(f"CPU {c} is not available here (this process may use "
-                             f"{sorted(os.sched_getaffinity(0))})")
     rows = run(cpus, quick=quick,
                progress=lambda r: print(f"  {r['name']:<24} {r['metric']:<12} done", file=sys.stderr))
     print(format_table(rows), file=out)

@@ -14,6 +14,8 @@ def run(*args):
 @pytest.mark.parametrize("args,msg", [
     (["bench", "ring", "--cpus", "x"], "--cpus wants two CPU numbers"),
     (["bench", "ring", "--cpus", "0,999"], "CPU 999 is not available"),
+    (["bench", "ring", "--cpus", "0,0"], "two different CPUs"),
+    (["bench", "notify", "--cpus", "999,0"], "CPU 999 is not available"),
     (["bench", "nothing"], "invalid choice"),
     ([], "required"),
 ])
@@ -33,7 +35,7 @@ def test_bench_ring_quick_json(tmp_path):
     names = {row["name"] for row in rows}
     for need in ["ioq-pingpong-poll", "ioq-pingpong-signal", "spin-pingpong-c", "eventfd-pingpong",
                  "pipe-pingpong", "mp-pipe-pingpong", "ioq-stream-b1", "ioq-stream-b32",
-                 "ioq-stream-b256", "ioq-stream-py-b1", "ioq-stream-py-b32", "faster-fifo-b1",
+                 "ioq-stream-b256", "spsc-stream-c-b1", "spsc-stream-c-b32", "ioq-stream-py-b1", "ioq-stream-py-b32", "faster-fifo-b1",
                  "faster-fifo-b32"]:
         assert need in names
     for row in rows:

@@ -239,7 +239,10 @@ def _cmd_bench_ring(args):
 
 def _cmd_bench_notify(args):
     from bench import notify
-    notify.main(cpus=args.cpus, json_path=args.json, quick=args.quick)
+    try:
+        notify.main(cpus=args.cpus, json_path=args.json, quick=args.quick)
+    except ValueError as e:
+        raise UsageError(str(e))
     return 0
 
 
