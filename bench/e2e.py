@@ -13,6 +13,11 @@ and torn down (venet.topology.Lab).  Topologies:
   socat       two socat processes: tap <-> Unix SOCK_SEQPACKET <-> tap
   pypump      bench/pypump.py, the same shape in plain Python
   testpmd     DPDK testpmd between two net_tap ports, if dpdk-testpmd exists
+  veth-1cpu, venet-1cpu
+              veth and venet with everything (pumps, sockperf client and
+              server) on one CPU, round trips only: no vCPU is ever woken
+              from idle, so venet-1cpu minus veth-1cpu is the pumps' own
+              work per round trip (their ratio is to veth-1cpu)
 Clients: sockperf ping-pong (64 and 1400 bytes: p50, p99, round trips/s),
 ping -f (average round trip), iperf3 TCP (one stream, MTU 1500 and 9000),
 and the CPU use of the pump processes during each client and while idle;
@@ -34,7 +39,8 @@ from venet.topology import Lab, cpu_seconds, rss_kib, run_in
 
 A, B = "10.77.0.1", "10.77.0.2"
 TOPOLOGIES = ("veth", "venet", "venet-poll", "venet-nooff", "venet-pin", "venet-any", "socat",
-              "pypump", "testpmd")
+              "pypump", "testpmd", "veth-1cpu", "venet-1cpu")
+ONE_CPU = "-1cpu"
 POLL_US = 20_000
 CLIENT_TOOLS = ("sockperf", "iperf3", "socat", "ping")
 
@@ -51,6 +57,10 @@ def build(lab, topo, mtu):
     """Two namespaces joined by `topo`, addressed A/B; returns (a, b, pump procs)."""
     a, b = lab.netns("a"), lab.netns("b")
     procs = []
+    pin = []
+    if topo.endswith(ONE_CPU):
+        pin = ["--cpu", str(one_cpu())]
+        topo = topo[:-len(ONE_CPU)]
     if topo == "veth":
         lab.veth(a, b, "vt0", "vt1")
     elif topo.startswith("venet"):
@@ -58,7 +68,7 @@ def build(lab, topo, mtu):
         extra = {"venet-poll": ["--poll-us", str(POLL_US)],
                  "venet-nooff": ["--offloads", "none"],
                  "venet-pin": ["--cpu", "0"],
-                 "venet-any": ["--cpu", "any"]}.get(topo, [])
+                 "venet-any": ["--cpu", "any"]}.get(topo, []) + pin
         procs.append(lab.venet("bridge", "--tap", "vt0", "--netns", a, "--socket", sock,
                                "--mtu", str(mtu), *extra))
         lab.bus_socket = sock
@@ -101,6 +111,11 @@ def build(lab, topo, mtu):
     return a, b, procs
 
 
+def one_cpu():
+    """The CPU the -1cpu topologies put everything on."""
+    return min(os.sched_getaffinity(0))
+
+
 def _wait_path(path, timeout=10):
     deadline = time.monotonic() + timeout
     while not os.path.exists(path):
@@ -129,6 +144,8 @@ class Run:
 
     def __init__(self, lab, topo, mtu, secs):
         self.lab, self.topo, self.mtu, self.secs = lab, topo, mtu, secs
+        # The -1cpu topologies run their clients on the pumps' CPU too.
+        self.pin = ["taskset", "-c", str(one_cpu())] if topo.endswith(ONE_CPU) else []
         self.a, self.b, self.procs = build(lab, topo, mtu)
         self.samples = []
         run_in(self.a, ["ping", "-c", "3", "-i", "0.05", "-W", "2", B])   # ARP, warm-up
@@ -160,9 +177,9 @@ class Run:
 
     def sockperf(self, size):
         client = f"sockperf-{size}"
-        cmd = ["sockperf", "ping-pong", "-i", B, "-p", "11111", "-t", str(self.secs), "-m", str(size),
-               "--full-rtt"]
-        srv = self.lab.popen_in(self.b, ["sockperf", "server", "-i", B, "-p", "11111"])
+        cmd = self.pin + ["sockperf", "ping-pong", "-i", B, "-p", "11111", "-t", str(self.secs),
+                          "-m", str(size), "--full-rtt"]
+        srv = self.lab.popen_in(self.b, self.pin + ["sockperf", "server", "-i", B, "-p", "11111"])
         time.sleep(0.3)
         try:
             def go():
@@ -247,6 +264,9 @@ def measure(topo, mtu, secs):
     with Lab("vnb") as lab:
         r = Run(lab, topo, mtu, secs)
         try:
+            if topo.endswith(ONE_CPU):
+                r.sockperf(64)
+                return r.samples
             if mtu == 1500:
                 r.sockperf(64)
                 r.sockperf(1400)
@@ -270,9 +290,11 @@ def aggregate(samples):
         rows.append({"topology": topo, "client": client, "mtu": mtu, "metric": metric,
                      "value": statistics.median(vals), "min": min(vals), "max": max(vals),
                      "runs": len(vals), "command": ss[0]["command"]})
-    base = {(r["client"], r["mtu"], r["metric"]): r["value"] for r in rows if r["topology"] == "veth"}
+    base = {(r["topology"], r["client"], r["mtu"], r["metric"]): r["value"] for r in rows
+            if r["topology"] in ("veth", "veth" + ONE_CPU)}
     for r in rows:
-        b = base.get((r["client"], r["mtu"], r["metric"]))
+        ref = "veth" + ONE_CPU if r["topology"].endswith(ONE_CPU) else "veth"
+        b = base.get((ref, r["client"], r["mtu"], r["metric"]))
         r["ratio_to_veth"] = r["value"] / b if b else None
     order = {t: i for i, t in enumerate(TOPOLOGIES)}
     rows.sort(key=lambda r: (order[r["topology"]], r["mtu"], r["client"], r["metric"]))
@@ -293,7 +315,7 @@ def run(quick=False, repeats=None, topologies=TOPOLOGIES, progress=None):
         for topo in topologies:
             if topo in notes:
                 continue
-            for mtu in ((1500,) if quick else (1500, 9000)):
+            for mtu in ((1500,) if quick or topo.endswith(ONE_CPU) else (1500, 9000)):
                 try:
                     samples.extend(measure(topo, mtu, secs))
                     status = "done"

@@ -193,6 +193,13 @@ def e2e_section(data):
         lines.append(f"- Resident memory after traffic: bridge {rb:.1f} MiB, attach {ra:.1f} MiB "
                      "(mostly the Python interpreter and numpy; the device's rings and buffers are "
                      "at most 2.4 MiB of shared memory, under the 4 MiB target).")
+    v1, n1 = g("veth-1cpu", "sockperf-64", 1500, "rtt_us_p50"), g("venet-1cpu", "sockperf-64", 1500, "rtt_us_p50")
+    x = g("venet", "sockperf-64", 1500, "rtt_us_p50")
+    if veth and x and v1 and n1:
+        lines.append(f"- Where the default mode's extra {x - veth:.1f} us go: with everything on one CPU "
+                     f"(no vCPU ever woken from idle) veth takes {v1:.1f} us and venet {n1:.1f} us, so "
+                     f"the four pump hops of a round trip cost {n1 - v1:.1f} us of CPU, "
+                     f"{(n1 - v1) / 4:.1f} us each (wake-up, tap read or write, kick, sleep).")
     idle = g("venet-poll", "idle", 1500, "cpu_percent")
     if idle is not None:
         lines.append(f"- Idle CPU of bridge+attach with --poll-us: {idle:.1f}% (target: under 2%).")
