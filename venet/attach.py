@@ -23,7 +23,7 @@ class Attachment:
                 raise taplib.TapError(f"this kernel's tun lacks offloads "
                                       f"{abi.cap_names(device.offloads & ~caps)} the device negotiated")
             taplib.set_offloads(self.tap_fd, caps)
-            self.pin, bulk = placement.pump_args(cpu, device.name)
+            self.pin, bulk = placement.pump_args(cpu, device.name, placement.FRONTEND)
             # in = RX ring (frames for our tap), out = TX ring (frames from it)
             self.pump = Pump(device.rx, device.tx, self.tap_fd, poll_us=poll_us,
                              mtu=device.mtu, caps=caps, bulk_cpu=bulk)

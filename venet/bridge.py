@@ -41,7 +41,7 @@ class Device:
         self.mtu = mtu
         self.poll_us = poll_us
         self.cpu = cpu              # --cpu: N, "auto" or "any" (venet/placement.py)
-        self.pin = None             # the CPU the pump thread is pinned to for good
+        self.pin = None             # the pump thread's CPU from its start (None: the scheduler's)
         self.owner = None
         self.caps = {}
         self.region = None
@@ -101,7 +101,7 @@ class Device:
         rx = self.region.producer(abi.RING_RX)
         self.evq = self.region.producer(abi.RING_EVQ)
         txc = self.caps.get(abi.CAP_GROUP_EVENTQ, 0) & abi.CAP_EVQ_TXC
-        self.pin, bulk = placement.pump_args(self.cpu, self.name)
+        self.pin, bulk = placement.pump_args(self.cpu, self.name, placement.BRIDGE)
         try:
             self.pump = Pump(tx, rx, self.tap_fd, poll_us=self.poll_us, mtu=self.mtu, caps=caps,
                              txc_evq=self.evq if txc else None, bulk_cpu=bulk)

@@ -77,8 +77,9 @@ def build_parser():
     br.add_argument("--group", type=_group, help="let this group use the socket (mode 0660)")
     br.add_argument("--device", help="device name on the bus (default: the tap name)")
     br.add_argument("--cpu", type=_cpu, default="auto", metavar="N|auto|any",
-                    help="where the pump thread runs: CPU N always; auto (default) anywhere, "
-                         "but on the device's CPU while moving bulk traffic; any: anywhere")
+                    help="where the pump thread runs: CPU N always; auto (default) on the "
+                         "device's CPU (the attach's pump on the next one), both on the device's "
+                         "CPU while moving bulk traffic; any: wherever the scheduler puts it")
     br.add_argument("--offloads", type=_offloads, default="all", metavar="LIST",
                     help="offloads to offer frontends: all (default: what the kernel's tun "
                          "supports), none, or a list of csum,tso4,tso6,tso-ecn,uso")
@@ -91,8 +92,8 @@ def build_parser():
     at.add_argument("--netns", type=_netns)
     at.add_argument("--poll-us", type=_poll, default=0, metavar="N")
     at.add_argument("--cpu", type=_cpu, default="auto", metavar="N|auto|any",
-                    help="as for venet bridge (auto meets the bridge's pump on one CPU "
-                         "during bulk traffic)")
+                    help="as for venet bridge (auto: the CPU after the device's, and the "
+                         "bridge pump's own CPU during bulk traffic)")
     at.add_argument("--offloads", type=_offloads, default="all", metavar="LIST",
                     help="offloads to ask for and switch on the tap: all (default), none, "
                          "or a list of csum,tso4,tso6,tso-ecn,uso")

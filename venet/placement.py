@@ -2,37 +2,56 @@
 
   N     the pump thread always runs on CPU N
   any   wherever the scheduler puts it
-  auto  (default) wherever the scheduler puts it, except while it moves
-        bulk traffic (GSO frames at about 1 Gbit/s or more): then on the
-        device's bulk CPU, with the device's other pump, until its first
-        turn of work 200 ms after the bulk stopped
+  auto  (default) the device's two pumps on two neighbouring CPUs, derived
+        from the device's name: the bridge's on the device's bulk CPU, the
+        frontend's (venet attach) on the next one.  While a pump moves bulk
+        traffic (GSO frames at about 1 Gbit/s or more) it runs on the bulk
+        CPU, with the other pump, until its first turn of work 200 ms after
+        the bulk stopped; then it goes home.
 
-Why auto: the two pumps of a device kick each other for nearly every
-64 KiB frame, and on a VM a wake-up on the other vCPU costs about 31 us
-against about 1 us on the same one.  Meeting on one CPU during bulk
-transfers moved TCP from 0.59x to about 0.8x a veth pair here; keeping
-small-frame conversations where the scheduler puts them keeps their round
-trips (pinning always made them 1.6x longer).  The bridge and the attach are two
-processes that never discuss this: both derive the CPU from the device's
-name, so they agree, and different devices spread over the CPUs.
+Why: the two pumps of a device kick each other for nearly every 64 KiB
+frame, and on a VM a wake-up on the other vCPU costs about 31 us against
+about 1 us on the same one.  Meeting on one CPU during bulk transfers moved
+TCP from 0.59x to about 0.8x a veth pair here.  Small-frame conversations
+go the other way: with both pumps on one CPU for good, round trips were
+1.6x longer (the applications queue behind them), and left to the
+scheduler the pumps migrate about 1.5 times per round trip; on two CPUs of
+their own each pump draws its side's application next to it, and round
+trips were 5% shorter and steadier than the scheduler's (docs/architecture.md).
+The bridge and the attach are two processes that never discuss this: both
+derive the CPUs from the device's name, so they agree, and different
+devices spread over the CPUs.
 """
 import os
 import zlib
 
 AUTO, ANY = "auto", "any"
+BRIDGE, FRONTEND = "bridge", "frontend"
+
+
+def device_cpus(device_name, cpus=None):
+    """(bulk CPU, the bridge pump's home, the frontend pump's home) of a
+    device under --cpu auto."""
+    cpus = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
+    i = zlib.crc32(device_name.encode()) % len(cpus)
+    return cpus[i], cpus[i], cpus[(i + 1) % len(cpus)]
 
 
 def bulk_cpu(device_name, cpus=None):
     """The CPU a device's pumps share while they move bulk traffic."""
-    cpus = sorted(os.sched_getaffinity(0) if cpus is None else cpus)
-    return cpus[zlib.crc32(device_name.encode()) % len(cpus)]
+    return device_cpus(device_name, cpus)[0]
 
 
-def pump_args(cpu, device_name):
-    """(pin_cpu, bulk_cpu) for a `--cpu` value: the CPU to pin the pump
-    thread to for good (or None), and the Pump's bulk_cpu (or -1)."""
+def pump_args(cpu, device_name, side):
+    """(home_cpu, bulk_cpu) for a `--cpu` value and the pump's side (BRIDGE
+    or FRONTEND): the CPU the pump thread is pinned to when it starts (or
+    None: left to the scheduler), and the Pump's bulk_cpu (or -1: never
+    moves)."""
+    if side not in (BRIDGE, FRONTEND):
+        raise ValueError(f"side must be {BRIDGE!r} or {FRONTEND!r}")
     if cpu == ANY:
         return None, -1
     if cpu == AUTO or cpu is None:
-        return None, bulk_cpu(device_name)
+        bulk, bridge_home, frontend_home = device_cpus(device_name)
+        return (bridge_home if side == BRIDGE else frontend_home), bulk
     return int(cpu), -1

@@ -379,24 +379,39 @@ def test_scapy_socket_delivers_plain_checksummed_frames(kernel_side):
             dev.close()
 
 
-def test_bulk_traffic_brings_both_pumps_to_the_device_cpu(netns, procs, sockdir):
-    """--cpu auto (the default): during a bulk TCP transfer both pump threads
-    run on the device's bulk CPU; after it, a small-frame conversation gets
-    them back their CPUs."""
+def test_auto_placement_homes_and_bulk(netns, procs, sockdir):
+    """--cpu auto (the default): each pump starts on its home CPU, the
+    bridge's on the device's bulk CPU and the attach's on the next one;
+    during a bulk TCP transfer the attach's pump joins the bridge's, and a
+    small-frame conversation afterwards sends it home."""
     from venet import placement
     if len(os.sched_getaffinity(0)) < 2:
-        pytest.skip("needs two CPUs to tell a pinned thread from a free one")
+        pytest.skip("needs two CPUs to tell the two homes apart")
     a, b, sock = pair(netns, procs, sockdir)
     bridge, attach = procs.procs[-2:]
-    want = str(placement.bulk_cpu("vt0"))
-    seen = {"bridge": False, "attach": False}
+    bulk, bridge_home, attach_home = map(str, placement.device_cpus("vt0"))
+    assert bulk == bridge_home != attach_home
+
+    def pinned(p):
+        """CPU lists of the threads of p pinned to one CPU: its pump's."""
+        return [cpus for cpus in thread_cpus(p.pid).values() if cpus.isdigit()]
+
+    def settle(want_bridge, want_attach, within=3.0):
+        deadline = time.monotonic() + within
+        while time.monotonic() < deadline and (pinned(bridge), pinned(attach)) != (want_bridge, want_attach):
+            time.sleep(0.02)
+        return pinned(bridge), pinned(attach)
+
+    assert settle([bridge_home], [attach_home]) == ([bridge_home], [attach_home])
+    seen = {"attach on the bulk CPU": False, "bridge away from it": False}
     stop = threading.Event()
 
     def watch():
         while not stop.is_set():
-            for name, p in (("bridge", bridge), ("attach", attach)):
-                if want in thread_cpus(p.pid).values():
-                    seen[name] = True
+            if pinned(attach) == [bulk]:
+                seen["attach on the bulk CPU"] = True
+            if pinned(bridge) != [bulk]:
+                seen["bridge away from it"] = True
             time.sleep(0.01)
     w = threading.Thread(target=watch)
     w.start()
@@ -405,15 +420,12 @@ def test_bulk_traffic_brings_both_pumps_to_the_device_cpu(netns, procs, sockdir)
     finally:
         stop.set()
         w.join()
-    assert seen == {"bridge": True, "attach": True}
+    assert seen == {"attach on the bulk CPU": True, "bridge away from it": False}
     assert counters(sock)["bulk_pins"] >= 1
-    # Small frames for longer than the 200 ms hold: the pumps let go.
+    # Small frames for longer than the 200 ms hold: the attach's pump goes home.
     rtts, out = ping(a, B_IP, 10, interval=0.05)
     assert len(rtts) == 10, out
-    deadline = time.monotonic() + 3
-    while time.monotonic() < deadline and want in thread_cpus(bridge.pid).values():
-        time.sleep(0.05)
-    assert want not in thread_cpus(bridge.pid).values()
+    assert settle([bridge_home], [attach_home]) == ([bridge_home], [attach_home])
 
 
 def test_frames_queued_under_an_earlier_frontends_offloads_never_reach_a_plain_one(kernel_side):

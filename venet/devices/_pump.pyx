@@ -267,8 +267,8 @@ cdef class Pump:
         VM a wake-up on another vCPU costs ~31 us against ~1 us on the same
         one, and at 64 KiB a frame the two pumps kick each other for nearly
         every frame.  Only bulk (GSO) traffic moves the thread: a
-        conversation of small frames keeps the scheduler's placement, which
-        gave better round trips here."""
+        conversation of small frames keeps the thread's own CPUs (its home
+        under --cpu auto), which gave better round trips here."""
         cdef uint64_t now = venet_now_ns()
         cdef uint64_t gso = self.st.to_tap_gso + self.st.from_tap_gso
         cdef cpu_set_t one
@@ -475,10 +475,19 @@ cdef class Pump:
             used += nslots
             frames += 1
             self.st.from_tap_bytes += <uint64_t>(len_ - VENET_META_SIZE)
+            if frames == 1:
+                # Publish the first frame and kick now, not after the read
+                # that finds the tap empty: a sleeping peer starts waking
+                # (tens of us on another vCPU) while we read on.  Under load
+                # the peer is awake and the kick is suppressed anyway.
+                ioq_commit(r, used)
+                shmsig_inject(&r.sig)
+                free_ -= used
+                used = 0
         if used:
             ioq_commit(r, used)
-            self.st.from_tap_frames += frames
             shmsig_inject(&r.sig)
+        self.st.from_tap_frames += frames
         return frames
 
     def run(self, double timeout=-1):
