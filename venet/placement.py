@@ -17,10 +17,12 @@ go the other way: with both pumps on one CPU for good, round trips were
 1.6x longer (the applications queue behind them), and left to the
 scheduler the pumps migrate about 1.5 times per round trip; on two CPUs of
 their own each pump draws its side's application next to it, and round
-trips were 5% shorter and steadier than the scheduler's (docs/architecture.md).
-The bridge and the attach are two processes that never discuss this: both
-derive the CPUs from the device's name, so they agree, and different
-devices spread over the CPUs.
+trips were about 3% shorter and steadier than the scheduler's
+(docs/architecture.md).  The bridge and the attach are two processes that
+never discuss this: both derive the CPUs from the device's name, so they
+agree, and different devices spread over the CPUs.  A pinned pump cannot
+flee a CPU that other work keeps busy: on such a machine choose `any`, or
+give the device CPUs of its own with N.
 """
 import os
 import zlib
