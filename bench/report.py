@@ -169,7 +169,7 @@ def e2e_section(data):
            "                    # python -m venet bench e2e --json docs/e2e.json --out docs/e2e", "```", "",
            f"Each topology built in fresh namespaces, measured, torn down; medians of the runs "
            f"with min and max ({_where(data)}; venet-poll uses --poll-us {data.get('poll_us')}).  "
-           "Ratios are to veth in the same run.", "",
+           "Ratios are to veth in the same run (the -1cpu rows: to veth-1cpu).", "",
            "![round trips](e2e/rtt.png)", "", "![TCP](e2e/tcp.png)", ""]
     out += e2e_table(rows, data.get("notes"))
     v = {(r["topology"], r["client"], r["mtu"], r["metric"]): r["value"] for r in rows}
@@ -196,10 +196,11 @@ def e2e_section(data):
     v1, n1 = g("veth-1cpu", "sockperf-64", 1500, "rtt_us_p50"), g("venet-1cpu", "sockperf-64", 1500, "rtt_us_p50")
     x = g("venet", "sockperf-64", 1500, "rtt_us_p50")
     if veth and x and v1 and n1:
-        lines.append(f"- Where the default mode's extra {x - veth:.1f} us go: with everything on one CPU "
-                     f"(no vCPU ever woken from idle) veth takes {v1:.1f} us and venet {n1:.1f} us, so "
-                     f"the four pump hops of a round trip cost {n1 - v1:.1f} us of CPU, "
-                     f"{(n1 - v1) / 4:.1f} us each (wake-up, tap read or write, kick, sleep).")
+        lines.append(f"- The default mode's extra {x - veth:.1f} us over veth are the pumps' work: with "
+                     f"everything on one CPU (no vCPU ever woken from idle) veth takes {v1:.1f} us and "
+                     f"venet {n1:.1f} us, so the four pump hops of a round trip cost {n1 - v1:.1f} us "
+                     f"of CPU, {(n1 - v1) / 4:.1f} us each (wake-up, tap read or write, kick, sleep); "
+                     "on two CPUs a little of it overlaps the wake-ups.")
     idle = g("venet-poll", "idle", 1500, "cpu_percent")
     if idle is not None:
         lines.append(f"- Idle CPU of bridge+attach with --poll-us: {idle:.1f}% (target: under 2%).")
