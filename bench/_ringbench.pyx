@@ -254,34 +254,39 @@ DEF SPSC_SLOTS_OFF = 128
 SPSC_BYTES = SPSC_SLOTS_OFF + SPSC_SLOTS * 64
 
 
-cdef char *_spsc_buffer(object buf, Py_buffer *b) except NULL:
+cdef struct spsc_t:
+    uint32_t *head_p
+    uint32_t *tail_p
+    char *slots
+
+
+cdef int _spsc_open(object buf, Py_buffer *b, uint32_t batch, spsc_t *q) except -1:
+    """Check the arguments and locate the ring in buf (released on error)."""
     PyObject_GetBuffer(buf, b, PyBUF_WRITABLE)
-    if b.len < SPSC_BYTES:
+    if b.len < SPSC_BYTES or batch == 0 or batch > SPSC_SLOTS:
         PyBuffer_Release(b)
-        raise ValueError(f"buffer must hold at least {SPSC_BYTES} bytes")
-    return <char *>b.buf
+        raise ValueError(f"buffer of at least {SPSC_BYTES} bytes and batch 1..{SPSC_SLOTS}, please")
+    q.head_p = <uint32_t *>b.buf
+    q.tail_p = <uint32_t *>(<char *>b.buf + 64)
+    q.slots = <char *>b.buf + SPSC_SLOTS_OFF
+    return 0
 
 
 def spsc_stream_send(buf, uint64_t total, uint32_t batch):
     """Push `total` 64-byte messages in batches; each starts with its
     sequence number.  Returns how many were sent before the deadline."""
     cdef Py_buffer b
-    cdef char *base = _spsc_buffer(buf, &b)
-    cdef uint32_t *head_p = <uint32_t *>base
-    cdef uint32_t *tail_p = <uint32_t *>(base + 64)
-    cdef char *slots = base + SPSC_SLOTS_OFF
+    cdef spsc_t q
     cdef uint32_t head = 0, tail = 0, want, i
     cdef uint64_t seq = 0, deadline = venet_now_ns() + DEADLINE_NS
     cdef uint8_t payload[64]
-    if batch == 0 or batch > SPSC_SLOTS:
-        PyBuffer_Release(&b)
-        raise ValueError("bad batch")
+    _spsc_open(buf, &b, batch, &q)
     memset(payload, 0xa5, 64)
     with nogil:
         while seq < total:
             want = batch if total - seq >= batch else <uint32_t>(total - seq)
             if SPSC_SLOTS - (head - tail) < want:
-                tail = venet_load_acquire_u32(tail_p)
+                tail = venet_load_acquire_u32(q.tail_p)
                 if SPSC_SLOTS - (head - tail) < want:
                     if venet_now_ns() > deadline:
                         break
@@ -290,9 +295,9 @@ def spsc_stream_send(buf, uint64_t total, uint32_t batch):
                     continue
             for i in range(want):
                 (<uint64_t *>payload)[0] = seq + i
-                memcpy(slots + <size_t>((head + i) & (SPSC_SLOTS - 1)) * 64, payload, 64)
+                memcpy(q.slots + <size_t>((head + i) & (SPSC_SLOTS - 1)) * 64, payload, 64)
             head += want
-            venet_store_release_u32(head_p, head)
+            venet_store_release_u32(q.head_p, head)
             seq += want
     PyBuffer_Release(&b)
     return seq
@@ -302,19 +307,14 @@ def spsc_stream_recv(buf, uint64_t total, uint32_t batch):
     """Pop `total` messages, up to `batch` per turn, checking each carries
     the next sequence number.  Returns (received, errors)."""
     cdef Py_buffer b
-    cdef char *base = _spsc_buffer(buf, &b)
-    cdef uint32_t *head_p = <uint32_t *>base
-    cdef uint32_t *tail_p = <uint32_t *>(base + 64)
-    cdef char *slots = base + SPSC_SLOTS_OFF
+    cdef spsc_t q
     cdef uint32_t head = 0, tail = 0, k, i
     cdef uint64_t seq = 0, errors = 0, deadline = venet_now_ns() + DEADLINE_NS
-    if batch == 0 or batch > SPSC_SLOTS:
-        PyBuffer_Release(&b)
-        raise ValueError("bad batch")
+    _spsc_open(buf, &b, batch, &q)
     with nogil:
         while seq < total:
             if head == tail:
-                head = venet_load_acquire_u32(head_p)
+                head = venet_load_acquire_u32(q.head_p)
                 if head == tail:
                     if venet_now_ns() > deadline:
                         break
@@ -325,11 +325,11 @@ def spsc_stream_recv(buf, uint64_t total, uint32_t batch):
             if k > batch:
                 k = batch
             for i in range(k):
-                if (<uint64_t *>(slots + <size_t>((tail + i) & (SPSC_SLOTS - 1)) * 64))[0] != seq:
+                if (<uint64_t *>(q.slots + <size_t>((tail + i) & (SPSC_SLOTS - 1)) * 64))[0] != seq:
                     errors += 1
                 seq += 1
             tail += k
-            venet_store_release_u32(tail_p, tail)
+            venet_store_release_u32(q.tail_p, tail)
     PyBuffer_Release(&b)
     return seq, errors
 
