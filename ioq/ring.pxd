@@ -62,9 +62,17 @@ cdef inline uint32_t ioq_free(ioq_ring_t *r, uint32_t want) noexcept nogil:
 
 cdef inline void ioq_commit(ioq_ring_t *r, uint32_t k) noexcept nogil:
     """Producer: publish k slots filled from head (by ioq_push, or in place
-    after ioq_reserve), in order: each slot's seq is stored last."""
+    after ioq_reserve).  Each slot's seq is stored after its fields, and the
+    slots last to first: the consumer, which reads from head on, sees the
+    whole batch the moment it sees its first slot.  First to last, a
+    consumer waiting at head could chase the producer through the batch a
+    slot at a time, pulling each line back between the producer's stores
+    (two descriptors share a line); last to first, it polls only the first
+    slot's line until the batch is whole."""
     cdef uint32_t i, pos
-    for i in range(k):
+    i = k
+    while i > 0:
+        i -= 1
         pos = r.head + i
         venet_store_release_u32(&r.desc[pos & r.mask].seq, pos + 1)
     r.head += k
