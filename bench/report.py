@@ -104,7 +104,11 @@ def ring_section(data):
             "spin, but ioq-stream-b32 only 38-40 M msg/s, below the 50 M/s target; the issue's "
             "own reference figures (spin 295 ns) were taken in such a placement.  Hence the "
             "`spsc-stream-c` rows: a bare ring pays the same cache-line transfers in whatever "
-            "placement the run got, so the ratio of the ioq rows to them is the ring's own cost.", "",
+            "placement the run got, so the ratio of the ioq rows to them is the ring's own cost.  "
+            "The far placement came back once, at 19:34 UTC (spin 370 ns, `python -m venet bench "
+            "ring --quick`, before batches were published last slot first): spsc-stream-c-b32 "
+            "99.5 M msg/s, ioq-stream-b32 38.0 (0.38x), spsc-stream-c-b1 61.5, ioq-stream-b1 "
+            "30.7 (0.50x).  So far apart, ioq loses more than the bare ring does.", "",
             "- `spin-pingpong-c`: the limit, a bare busy-poll on one shared cache line (C, GIL released).",
             "- `ioq-pingpong-poll`: one descriptor each way through two rings, both polling.  The "
             "consumer polls the slot's own `seq` word, so one line moves per direction (an earlier "
