@@ -32,3 +32,23 @@ def test_pump_args():
     assert placement.pump_args("1", "eth7", placement.FRONTEND) == (1, -1)
     with pytest.raises(ValueError, match="side"):
         placement.pump_args("auto", "eth7", "middle")
+
+
+def test_pin_this_thread_pins_only_the_caller_and_survives_a_cpu_gone(caplog):
+    import os
+    import threading
+    cpu = max(os.sched_getaffinity(0))
+    before = os.sched_getaffinity(0)
+    got = {}
+
+    def body():
+        placement.pin_this_thread(cpu, "test thread")
+        got["pinned"] = os.sched_getaffinity(0)
+        placement.pin_this_thread(4096, "test thread")      # no such CPU: a warning, no exception
+        got["after"] = os.sched_getaffinity(0)
+    t = threading.Thread(target=body)
+    t.start()
+    t.join()
+    assert got == {"pinned": {cpu}, "after": {cpu}}
+    assert os.sched_getaffinity(0) == before
+    assert "cannot run on CPU 4096" in caplog.text

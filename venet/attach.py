@@ -34,8 +34,7 @@ class Attachment:
         self.thread = threading.Thread(target=self._run, name="attach-pump", daemon=True)
 
     def _run(self):
-        if self.pin is not None:
-            os.sched_setaffinity(0, {self.pin})     # the pump thread only
+        placement.pin_this_thread(self.pin, "the attach pump")
         self.result = self.pump.run()
 
     def start(self):

@@ -117,8 +117,7 @@ class Device:
         self.link = True
 
     def _run(self):
-        if self.pin is not None:
-            os.sched_setaffinity(0, {self.pin})     # this thread only
+        placement.pin_this_thread(self.pin, f"device {self.name}'s pump")
         result = self.pump.run()
         if result == "broken":
             log.warning("device %s: the frontend corrupted a ring index; link down", self.name)

@@ -24,8 +24,11 @@ agree, and different devices spread over the CPUs.  A pinned pump cannot
 flee a CPU that other work keeps busy: on such a machine choose `any`, or
 give the device CPUs of its own with N.
 """
+import logging
 import os
 import zlib
+
+log = logging.getLogger("venet.placement")
 
 AUTO, ANY = "auto", "any"
 BRIDGE, FRONTEND = "bridge", "frontend"
@@ -57,3 +60,15 @@ def pump_args(cpu, device_name, side):
         bulk, bridge_home, frontend_home = device_cpus(device_name)
         return (bridge_home if side == BRIDGE else frontend_home), bulk
     return int(cpu), -1
+
+
+def pin_this_thread(cpu, what):
+    """Run the calling thread (only) on `cpu`, if not None.  A CPU taken
+    away since it was chosen (a cpuset changed) leaves the thread where it
+    is, with a warning: a pump that runs anywhere beats one that died."""
+    if cpu is None:
+        return
+    try:
+        os.sched_setaffinity(0, {cpu})
+    except OSError as e:
+        log.warning("%s: cannot run on CPU %s (%s); left to the scheduler", what, cpu, e.strerror)
