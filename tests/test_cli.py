@@ -35,8 +35,8 @@ def test_bench_ring_quick_json(tmp_path):
     names = {row["name"] for row in rows}
     for need in ["ioq-pingpong-poll", "ioq-pingpong-signal", "spin-pingpong-c", "eventfd-pingpong",
                  "pipe-pingpong", "mp-pipe-pingpong", "ioq-stream-b1", "ioq-stream-b32",
-                 "ioq-stream-b256", "spsc-stream-c-b1", "spsc-stream-c-b32", "ioq-stream-py-b1", "ioq-stream-py-b32", "faster-fifo-b1",
-                 "faster-fifo-b32"]:
+                 "ioq-stream-b256", "spsc-stream-c-b1", "spsc-stream-c-b32", "ioq-stream-py-b1",
+                 "ioq-stream-py-b32", "faster-fifo-b1", "faster-fifo-b32"]:
         assert need in names
     for row in rows:
         assert row["value"] is None or row["value"] > 0
