@@ -71,7 +71,7 @@ def _fmt(metric, v):
     return f"{v:.4g}"
 
 
-def ring_section(data):
+def ring_section(data, far=None):
     rows = data["rows"]
     v = {(r["name"], r["metric"]): r["value"] for r in rows}
     spin = v.get(("spin-pingpong-c", "rtt_ns_p50"))
@@ -96,19 +96,34 @@ def ring_section(data):
     if price:
         out += ["", "What ioq's ABI costs against the bare C ring, same run: "
                 + ", ".join(f"{k} = {r:.2f}" for k, r in price) + "."]
-    out += ["", f"The bare cache-line round trip of this run, {spin:,.0f} ns, says where the two vCPUs "
-            "sat: about 100 ns when close, about 380 ns when far (both seen on this VM within one "
-            "session; the streams fall about 3x in the far placement).  Read rows against it.  "
-            "Observed on 2026-11-25 around 16:05 UTC with the vCPUs far apart (spin 381-401 ns, "
-            "`python -m venet bench ring`, not the run above): ioq-pingpong-poll 1.20-1.28x the "
-            "spin, but ioq-stream-b32 only 38-40 M msg/s, below the 50 M/s target; the issue's "
-            "own reference figures (spin 295 ns) were taken in such a placement.  Hence the "
-            "`spsc-stream-c` rows: a bare ring pays the same cache-line transfers in whatever "
-            "placement the run got, so the ratio of the ioq rows to them is the ring's own cost.  "
-            "The far placement came back once, at 19:34 UTC (spin 370 ns, `python -m venet bench "
-            "ring --quick`, before batches were published last slot first): spsc-stream-c-b32 "
-            "99.5 M msg/s, ioq-stream-b32 38.0 (0.38x), spsc-stream-c-b1 61.5, ioq-stream-b1 "
-            "30.7 (0.50x).  So far apart, ioq loses more than the bare ring does.", "",
+    after = v.get(("spin-pingpong-c-after", "rtt_ns_p50"))
+    spin_txt = f"{spin:,.0f} ns" + (f" at the start and {after:,.0f} ns at the end" if after else "")
+    out += ["", f"The bare cache-line round trip of this run, {spin_txt}, says where the two vCPUs "
+            "sat: about 100 ns when close, about 380 ns when far.  The host moves them, "
+            "sometimes within a run, and far apart one of them also runs slower: the bare C ring "
+            "at batch 32 falls from about 220 to about 95 M msg/s.  Two findings from such "
+            "placements (2026-11-25, 19:34-20:05 UTC): glibc's `memcpy` call for a runtime size "
+            "took most of the ioq stream (b32 33-44 M msg/s, calling it on shared or private "
+            "memory alike, 142-154 with no copy at all), so the stream copies 64 bytes with a "
+            "constant-size copy, as the C ring always did (50-52); and publishing a batch last "
+            "slot first took b32 from 45-49 to 50-52 M msg/s."]
+    if far:
+        fv = {(r["name"], r["metric"]): r["value"] for r in far["rows"]}
+        fr = far.get("ratios", {})
+
+        def m(name):
+            return fv.get((name, "msgs_per_s"), 0) / 1e6
+        out += ["", f"A whole run with the vCPUs far apart from start to end ({_where(far)}; spin "
+                f"{fv.get(('spin-pingpong-c', 'rtt_ns_p50'), 0):,.0f} and "
+                f"{fv.get(('spin-pingpong-c-after', 'rtt_ns_p50'), 0):,.0f} ns; "
+                "`python -m venet bench ring --json docs/ring-bench-far.json`): "
+                f"ioq-stream-b1 {m('ioq-stream-b1'):.1f}, -b32 {m('ioq-stream-b32'):.1f}, "
+                f"-b256 {m('ioq-stream-b256'):.1f} M msg/s; the C ring {m('spsc-stream-c-b1'):.1f} "
+                f"and {m('spsc-stream-c-b32'):.1f}; ioq-pingpong-poll / spin "
+                f"{fr.get('ioq-pingpong-poll / spin-pingpong-c', 0):.2f}, Python API / faster-fifo "
+                f"{fr.get('ioq-stream-py-b1 / faster-fifo-b1', 0):.0f}x and "
+                f"{fr.get('ioq-stream-py-b32 / faster-fifo-b32', 0):.0f}x."]
+    out += ["",
             "- `spin-pingpong-c`: the limit, a bare busy-poll on one shared cache line (C, GIL released).",
             "- `ioq-pingpong-poll`: one descriptor each way through two rings, both polling.  The "
             "consumer polls the slot's own `seq` word, so one line moves per direction (an earlier "
@@ -279,7 +294,8 @@ def render():
                           ("e2e.json", e2e_section), ("syscall-bench.json", syscall_section)):
         data = _load(name)
         if data:
-            out += section(data) + [""]
+            out += (section(data, _load("ring-bench-far.json")) if section is ring_section
+                    else section(data)) + [""]
         else:
             out += [f"({name} has not been produced yet.)", ""]
     out += ["## pytest-benchmark suites", "",

@@ -331,6 +331,10 @@ def run(cpus=(0, 1), quick=False, progress=None):
         lambda: bench_ring_stream_py(pair, 10_000_000 // s, 32),
         lambda: bench_faster_fifo(pair, 300_000 // s, 1),
         lambda: bench_faster_fifo(pair, 1_000_000 // s, 32),
+        # Again at the end: the host may move the vCPUs during a run, and
+        # the streams move 2-3x with them (docs/benchmarks.md).
+        lambda: [dict(r, name="spin-pingpong-c-after") for r in bench_spin(pair, 50_000 // s)
+                 if r["metric"] == "rtt_ns_p50"],
     ]
     rows = []
     for step in steps:
