@@ -120,7 +120,8 @@ def ring_section(data, far=None):
                 f"ioq-stream-b1 {m('ioq-stream-b1'):.1f}, -b32 {m('ioq-stream-b32'):.1f}, "
                 f"-b256 {m('ioq-stream-b256'):.1f} M msg/s; the C ring {m('spsc-stream-c-b1'):.1f} "
                 f"and {m('spsc-stream-c-b32'):.1f}; ioq-pingpong-poll / spin "
-                f"{fr.get('ioq-pingpong-poll / spin-pingpong-c', 0):.2f}, Python API / faster-fifo "
+                f"{fr.get('ioq-pingpong-poll / spin-pingpong-c', 0):.2f}, ioq-pingpong-signal / "
+                f"eventfd {fr.get('ioq-pingpong-signal / eventfd-pingpong', 0):.2f}, Python API / faster-fifo "
                 f"{fr.get('ioq-stream-py-b1 / faster-fifo-b1', 0):.0f}x and "
                 f"{fr.get('ioq-stream-py-b32 / faster-fifo-b32', 0):.0f}x."]
     out += ["",
