@@ -265,7 +265,7 @@ cdef int _spsc_open(object buf, Py_buffer *b, uint32_t batch, spsc_t *q) except 
     PyObject_GetBuffer(buf, b, PyBUF_WRITABLE)
     if b.len < SPSC_BYTES or batch == 0 or batch > SPSC_SLOTS:
         PyBuffer_Release(b)
-        raise ValueError(f"buffer of at least {SPSC_BYTES} bytes and batch 1..{SPSC_SLOTS}, please")
+        raise ValueError(f"need a buffer of at least {SPSC_BYTES} bytes and a batch of 1..{SPSC_SLOTS}")
     q.head_p = <uint32_t *>b.buf
     q.tail_p = <uint32_t *>(<char *>b.buf + 64)
     q.slots = <char *>b.buf + SPSC_SLOTS_OFF
