@@ -71,7 +71,7 @@ def _fmt(metric, v):
     return f"{v:.4g}"
 
 
-def ring_section(data, far=None):
+def ring_section(data):
     rows = data["rows"]
     v = {(r["name"], r["metric"]): r["value"] for r in rows}
     spin = v.get(("spin-pingpong-c", "rtt_ns_p50"))
@@ -107,6 +107,7 @@ def ring_section(data, far=None):
             "memory alike, 142-154 with no copy at all), so the stream copies 64 bytes with a "
             "constant-size copy, as the C ring always did (50-52); and publishing a batch last "
             "slot first took b32 from 45-49 to 50-52 M msg/s."]
+    far = _load("ring-bench-far.json")     # optional: a whole run with the vCPUs far apart
     if far:
         fv = {(r["name"], r["metric"]): r["value"] for r in far["rows"]}
         fr = far.get("ratios", {})
@@ -295,8 +296,7 @@ def render():
                           ("e2e.json", e2e_section), ("syscall-bench.json", syscall_section)):
         data = _load(name)
         if data:
-            out += (section(data, _load("ring-bench-far.json")) if section is ring_section
-                    else section(data)) + [""]
+            out += section(data) + [""]
         else:
             out += [f"({name} has not been produced yet.)", ""]
     out += ["## pytest-benchmark suites", "",

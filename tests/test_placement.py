@@ -1,5 +1,7 @@
 """--cpu: the pure part of where pumps run (venet/placement.py).  Whether
 the threads really move is tested end to end in tests/net/test_offload.py."""
+import os
+import threading
 import zlib
 
 import pytest
@@ -35,8 +37,6 @@ def test_pump_args():
 
 
 def test_pin_this_thread_pins_only_the_caller_and_survives_a_cpu_gone(caplog):
-    import os
-    import threading
     cpu = max(os.sched_getaffinity(0))
     before = os.sched_getaffinity(0)
     got = {}
