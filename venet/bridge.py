@@ -7,6 +7,10 @@ reason; refused requests (unknown device, device busy) get an ERROR reply.
 When a frontend goes away (close, crash, kill -9), its devices are reset:
 pump stopped, memory unmapped, ready for the next frontend.
 """
+import collections
+import errno
+import heapq
+import itertools
 import logging
 import os
 import selectors
@@ -14,6 +18,7 @@ import socket
 import stat
 import struct
 import threading
+import time
 
 import ioq
 from venet import abi, control, placement
@@ -189,24 +194,116 @@ def _flatten(s, prefix=""):
     return out
 
 
+# Control-plane limits (Bridge arguments override the first four).
+MAX_CONNECTIONS = 256           # connections served at once; more are refused
+MAX_DEVICES = 16                # devices one connection may hold open
+HANDSHAKE_TIMEOUT = 5.0         # seconds from accept to HELLO
+OUTPUT_TIMEOUT = 10.0           # seconds pending output may go untaken by the peer
+OUT_MAX_MSGS = 64               # a connection's output queue: messages ...
+OUT_MAX_BYTES = 256 << 10       # ... and bytes
+ACCEPT_PAUSE = 0.1              # listener rest after an accept() failure it cannot shed
+ACCEPT_BATCH = 16               # connections taken per listener wake-up
+FAREWELL_DRAIN = 64             # unread requests discarded before a last ERROR
+
+_REQUESTS = frozenset((control.HELLO, control.LIST, control.OPEN, control.NEGCAP, control.REGISTER,
+                       control.LINKUP, control.LINKDOWN, control.MACQUERY, control.CLOSE,
+                       control.STATS, control.FLUSHRX))
+_DEVICE_REQUESTS = _REQUESTS - {control.HELLO, control.LIST, control.STATS, control.OPEN}
+_PEERCRED = struct.Struct("3i")
+
+
+class Refused(Exception):
+    """A request the bridge declines: an ERROR reply, the connection stays."""
+
+
+def _peercred(sock):
+    try:
+        return _PEERCRED.unpack(sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, _PEERCRED.size))
+    except OSError:
+        return (0, -1, -1)
+
+
+def _os_reason(e):
+    name = errno.errorcode.get(e.errno)
+    return f"{e.strerror} ({name})" if e.strerror and name else str(e)
+
+
+def _farewell(sock, reason):
+    """Best effort: the last ERROR to a connection about to be closed.  Its
+    unread requests are discarded first (their fds closed), since closing
+    a socket with input pending makes the peer's next read fail with
+    ECONNRESET instead of showing the reason."""
+    for _ in range(FAREWELL_DRAIN):
+        try:
+            data, anc, _, _ = sock.recvmsg(control.HDR.size + control.MAX_BODY + 1,
+                                           socket.CMSG_SPACE(control.MAX_FDS * 4))
+        except OSError:
+            break
+        control.close_fds(control.fds_of(anc))
+        if not data and not anc:
+            break
+    try:
+        sock.send(control.encode(control.ERROR, {"error": reason}))
+    except (OSError, ValueError):
+        pass
+
+
 class Connection:
-    def __init__(self, sock):
+    """One control connection: non-blocking, its replies in a bounded queue
+    the selector drains when the peer makes room."""
+
+    def __init__(self, sock, cid, hello_deadline):
         self.sock = sock
+        self.fd = sock.fileno()
+        self.id = cid
+        self.pid, self.uid, self.gid = _peercred(sock)
         self.hello = False
+        self.hello_deadline = hello_deadline
         self.devices = {}           # name -> Device opened by this connection
+        self.out = collections.deque()
+        self.out_bytes = 0
+        self.stall_deadline = None  # when pending output must have moved by
+        self.stall_armed = False
+        self.events = selectors.EVENT_READ
+        self.closed = False
+
+    def __str__(self):
+        return f"connection {self.id} (pid {self.pid} uid {self.uid} gid {self.gid})"
 
 
 class Bridge:
-    """One bus on one control socket."""
+    """One bus on one control socket.
 
-    def __init__(self, socket_path, devices, group=None, bus="default"):
+    One thread serves every connection and never blocks on any of them:
+    all sockets are non-blocking, replies wait in a bounded per-connection
+    queue, a connection with replies pending is not read, and deadlines
+    (handshake, output stall, listener pause) wake the loop only when due.
+    """
+
+    def __init__(self, socket_path, devices, group=None, bus="default", *,
+                 max_connections=MAX_CONNECTIONS, max_devices=MAX_DEVICES,
+                 handshake_timeout=HANDSHAKE_TIMEOUT, output_timeout=OUTPUT_TIMEOUT):
         self.path = socket_path
         self.devices = {d.name: d for d in devices}
         self.group = group
         self.bus = bus
+        self.max_connections = max_connections
+        self.max_devices = max_devices
+        self.handshake_timeout = handshake_timeout
+        self.output_timeout = output_timeout
         self.sel = selectors.DefaultSelector()
         self.listener = None
+        self.listening = False
         self.conns = {}
+        self.counters = {k: 0 for k in (
+            "accepted", "closed", "refused_max_connections", "refused_no_fds", "accept_errors",
+            "dropped_protocol", "dropped_handshake_timeout", "dropped_output_full",
+            "dropped_output_stall", "dropped_socket_error", "dropped_internal_error",
+            "requests_refused")}
+        self._timers = []           # heap of (when, seq, what, conn)
+        self._seq = itertools.count()
+        self._ids = itertools.count(1)
+        self._reserve = None        # a spare fd, given up to shed connections at EMFILE
         self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
     def listen(self):
@@ -227,10 +324,12 @@ class Bridge:
             os.chmod(self.path, 0o660)
         else:
             os.chmod(self.path, 0o600)
-        s.listen(16)
+        s.listen(64)
         s.setblocking(False)
         self.listener = s
+        self._reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         self.sel.register(s, selectors.EVENT_READ, "listen")
+        self.listening = True
         self.sel.register(self._stop_r, selectors.EVENT_READ, "stop")
 
     def stop(self):
@@ -242,64 +341,257 @@ class Bridge:
 
     def serve(self):
         while True:
-            for key, _ in self.sel.select(timeout=1.0):
+            timeout = None
+            if self._timers:
+                timeout = max(0.0, self._timers[0][0] - time.monotonic())
+            for key, events in self.sel.select(timeout):
                 if key.data == "stop":
                     return
                 if key.data == "listen":
                     self._accept()
+                    continue
+                conn = key.data
+                if not conn.closed and events & selectors.EVENT_WRITE:
+                    self._flush(conn)
+                if not conn.closed and events & selectors.EVENT_READ:
+                    self._service(conn)
+            self._run_timers()
+
+    # ---- deadlines -------------------------------------------------------
+
+    def _arm(self, when, what, conn=None):
+        heapq.heappush(self._timers, (when, next(self._seq), what, conn))
+
+    def _run_timers(self):
+        now = time.monotonic()
+        while self._timers and self._timers[0][0] <= now:
+            _, _, what, conn = heapq.heappop(self._timers)
+            if what == "listen":
+                self._resume_listener()
+            elif conn.closed:
+                continue
+            elif what == "hello":
+                if not conn.hello:
+                    self._drop(conn, "handshake_timeout",
+                               f"no hello within {self.handshake_timeout:g} s of connecting")
+            elif what == "stall":
+                conn.stall_armed = False
+                if conn.stall_deadline is None:
+                    continue
+                if conn.stall_deadline <= now:
+                    self._drop(conn, "output_stall",
+                               f"replies not read for {self.output_timeout:g} s", farewell=False)
                 else:
-                    self._service(key.data)
+                    conn.stall_armed = True
+                    self._arm(conn.stall_deadline, "stall", conn)
+
+    # ---- connections -----------------------------------------------------
 
     def _accept(self):
+        for _ in range(ACCEPT_BATCH):
+            try:
+                sock, _ = self.listener.accept()
+            except BlockingIOError:
+                return
+            except ConnectionAbortedError:
+                continue                # the peer gave up before we took it
+            except OSError as e:
+                if e.errno in (errno.EMFILE, errno.ENFILE) and self._shed():
+                    continue
+                self.counters["accept_errors"] += 1
+                self._pause_listener(e)
+                return
+            sock.setblocking(False)
+            if len(self.conns) >= self.max_connections:
+                self._refuse(sock, "refused_max_connections",
+                             f"too many connections: this bridge serves at most {self.max_connections}")
+                continue
+            self.counters["accepted"] += 1
+            conn = Connection(sock, next(self._ids), time.monotonic() + self.handshake_timeout)
+            self.conns[conn.fd] = conn
+            self.sel.register(sock, selectors.EVENT_READ, conn)
+            self._arm(conn.hello_deadline, "hello", conn)
+            log.info("%s opened", conn)
+
+    def _shed(self):
+        """Out of fds: give up the reserve to take one waiting connection
+        and refuse it with a reason, so it does not wait in the backlog and
+        the listener does not wake us again and again for it."""
+        if self._reserve is None:
+            return False
+        os.close(self._reserve)
+        self._reserve = None
         try:
             sock, _ = self.listener.accept()
         except BlockingIOError:
-            return
-        conn = Connection(sock)
-        self.conns[sock.fileno()] = conn
-        self.sel.register(sock, selectors.EVENT_READ, conn)
+            sock = "none waiting"
+        except OSError:
+            sock = None
+        if isinstance(sock, socket.socket):
+            sock.setblocking(False)
+            self._refuse(sock, "refused_no_fds", "the bridge is out of file descriptors")
+        try:
+            self._reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            pass
+        return sock is not None
 
-    def _drop(self, conn, reason=None):
-        if reason:
-            log.warning("closing control connection: %s", reason)
+    def _refuse(self, sock, counter, reason):
+        self.counters[counter] += 1
+        pid, uid, gid = _peercred(sock)
+        log.warning("refused a connection from pid %d uid %d gid %d: %s", pid, uid, gid, reason)
+        _farewell(sock, reason)
+        sock.close()
+
+    def _pause_listener(self, e):
+        log.warning("accept failed: %s; not accepting for %g s", _os_reason(e), ACCEPT_PAUSE)
+        if self.listening:
+            self.sel.unregister(self.listener)
+            self.listening = False
+        self._arm(time.monotonic() + ACCEPT_PAUSE, "listen")
+
+    def _resume_listener(self):
+        if not self.listening and self.listener is not None:
+            self.sel.register(self.listener, selectors.EVENT_READ, "listen")
+            self.listening = True
+        if self._reserve is None:
+            try:
+                self._reserve = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                pass
+
+    def _drop(self, conn, why=None, reason=None, farewell=True):
+        """Close a connection: why None for an orderly close, else the
+        counter's suffix and the logged reason (also sent as a last ERROR
+        when farewell and the peer is taking its replies)."""
+        if conn.closed:
+            return
+        conn.closed = True
+        if why is None:
+            self.counters["closed"] += 1
+            log.info("%s closed", conn)
+        else:
+            self.counters["dropped_" + why] += 1
+            log.warning("%s dropped: %s", conn, reason)
+            if farewell and not conn.out:
+                _farewell(conn.sock, reason)
         for dev in conn.devices.values():
-            dev.reset()
+            try:
+                dev.reset()
+            except Exception:
+                log.exception("device %s: reset failed", dev.name)
         conn.devices.clear()
+        conn.out.clear()
         try:
             self.sel.unregister(conn.sock)
         except (KeyError, ValueError):
             pass
-        self.conns.pop(conn.sock.fileno(), None)
+        self.conns.pop(conn.fd, None)
         conn.sock.close()
+
+    def _interest(self, conn):
+        events = selectors.EVENT_WRITE if conn.out else selectors.EVENT_READ
+        if events != conn.events:
+            self.sel.modify(conn.sock, events, conn)
+            conn.events = events
+
+    def _queue(self, conn, mtype, body):
+        msg = control.encode(mtype, body)
+        if not conn.out:
+            try:
+                conn.sock.send(msg)
+                return
+            except BlockingIOError:
+                pass
+            except OSError as e:
+                self._drop(conn, "socket_error", f"send failed: {_os_reason(e)}", farewell=False)
+                return
+        if len(conn.out) >= OUT_MAX_MSGS or conn.out_bytes + len(msg) > OUT_MAX_BYTES:
+            self._drop(conn, "output_full", f"output queue full ({len(conn.out)} messages, "
+                       f"{conn.out_bytes} bytes): the client does not read its replies", farewell=False)
+            return
+        conn.out.append(msg)
+        conn.out_bytes += len(msg)
+        if conn.stall_deadline is None:
+            conn.stall_deadline = time.monotonic() + self.output_timeout
+            if not conn.stall_armed:
+                conn.stall_armed = True
+                self._arm(conn.stall_deadline, "stall", conn)
+        self._interest(conn)
+
+    def _flush(self, conn):
+        sent = False
+        while conn.out:
+            try:
+                conn.sock.send(conn.out[0])
+            except BlockingIOError:
+                break
+            except OSError as e:
+                if e.errno in (errno.EPIPE, errno.ECONNRESET):
+                    self._drop(conn)
+                else:
+                    self._drop(conn, "socket_error", f"send failed: {_os_reason(e)}", farewell=False)
+                return
+            conn.out_bytes -= len(conn.out.popleft())
+            sent = True
+        if not conn.out:
+            conn.stall_deadline = None
+        elif sent:
+            conn.stall_deadline = time.monotonic() + self.output_timeout
+        self._interest(conn)
 
     def _service(self, conn):
         try:
-            mtype, body, fds = control.recv(conn.sock)
-        except control.Disconnected:
+            data, anc, flags, _ = conn.sock.recvmsg(control.HDR.size + control.MAX_BODY + 1,
+                                                    socket.CMSG_SPACE(control.MAX_FDS * 4))
+        except BlockingIOError:
+            return
+        except ConnectionResetError:
             self._drop(conn)
             return
-        except (ProtocolError, OSError) as e:
-            self._drop(conn, str(e))
+        except OSError as e:
+            self._drop(conn, "socket_error", f"receive failed: {_os_reason(e)}", farewell=False)
             return
+        fds = control.fds_of(anc)
         try:
-            reply = self._handle(conn, mtype, body, fds)
-            control.send(conn.sock, control.REPLY, reply)
-        except ProtocolError as e:
-            self._drop(conn, f"{control.NAMES.get(mtype, mtype)}: {e}")
-        except (DeviceError, taplib.TapError) as e:
-            try:
-                control.send(conn.sock, control.ERROR, {"error": str(e)})
-            except OSError:
+            if not data and not anc:
                 self._drop(conn)
-        except OSError:
-            self._drop(conn)
-        except Exception:
-            # A bug of ours must cost one connection, not the bus.
-            log.exception("closing control connection after an internal error")
-            self._drop(conn)
+                return
+            try:
+                mtype, body = control.decode(data, flags, control.REQUEST_DEPTH)
+            except ProtocolError as e:
+                self._drop(conn, "protocol", str(e))
+                return
+            self._request(conn, mtype, body, fds)
         finally:
             for fd in fds:
-                os.close(fd)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def _request(self, conn, mtype, body, fds):
+        name = control.NAMES.get(mtype, f"message type {mtype}")
+        try:
+            reply = self._handle(conn, mtype, body, fds)
+        except ProtocolError as e:
+            self._drop(conn, "protocol", f"{name}: {e}")
+            return
+        except (Refused, DeviceError, taplib.TapError, ioq.IoqError) as e:
+            reason = str(e)
+        except OSError as e:
+            reason = f"{name} failed: {_os_reason(e)}"
+        except Exception as e:
+            # A bug of ours must cost one connection, not the bus.
+            log.exception("%s: internal error handling %s", conn, name)
+            self._drop(conn, "internal_error", f"internal error handling {name}: {type(e).__name__}")
+            return
+        else:
+            self._queue(conn, control.REPLY, reply)
+            return
+        self.counters["requests_refused"] += 1
+        log.warning("%s: %s refused: %s", conn, name, reason)
+        self._queue(conn, control.ERROR, {"error": reason})
 
     def _device(self, conn, body):
         name = field(body, "device", str, hi=64)
@@ -308,12 +600,22 @@ class Bridge:
             raise ProtocolError(f"device {name!r} is not open on this connection")
         return dev
 
+    def control_stats(self):
+        """The control plane's counters (the "control" object of STATS)."""
+        return dict(self.counters, connections=len(self.conns), max_connections=self.max_connections,
+                    max_devices=self.max_devices)
+
     def _handle(self, conn, mtype, body, fds):
-        if mtype != control.REGISTER and fds:
-            raise ProtocolError("file descriptors sent with a message that takes none")
-        if not conn.hello:
-            if mtype != control.HELLO:
-                raise ProtocolError("the first message must be hello")
+        if mtype not in _REQUESTS:
+            raise ProtocolError(f"unknown message type {mtype}")
+        if not conn.hello and mtype != control.HELLO:
+            raise ProtocolError("the first message must be hello")
+        if fds and mtype != control.REGISTER:
+            raise Refused(f"{control.NAMES[mtype]} takes no file descriptors "
+                          f"(the {len(fds)} sent were closed)")
+        if mtype == control.HELLO:
+            if conn.hello:
+                raise ProtocolError("hello was already received")
             v = field(body, "version", int, lo=0, hi=1 << 16)
             if v != control.VERSION:
                 raise ProtocolError(f"frontend speaks version {v}, this bridge {control.VERSION}")
@@ -322,7 +624,8 @@ class Bridge:
         if mtype == control.LIST:
             return {"devices": [d.describe() for d in self.devices.values()]}
         if mtype == control.STATS:
-            return {"bus": self.bus, "devices": [d.stats() for d in self.devices.values()]}
+            return {"bus": self.bus, "devices": [d.stats() for d in self.devices.values()],
+                    "control": self.control_stats()}
         if mtype == control.OPEN:
             name = field(body, "device", str, hi=64)
             dev = self.devices.get(name)
@@ -330,6 +633,9 @@ class Bridge:
                 raise DeviceError(f"no device {name!r} on bus {self.bus}")
             if dev.owner is not None:
                 raise DeviceError(f"device {name} is in use by another frontend")
+            if len(conn.devices) >= self.max_devices:
+                raise Refused(f"this connection already holds {len(conn.devices)} devices, "
+                              f"the most one connection may open")
             dev.owner = conn
             conn.devices[name] = dev
             return {"device": name, "mac": dev.mac, "mtu": dev.mtu, "version": abi.VERSION}
@@ -356,7 +662,7 @@ class Bridge:
         if mtype == control.REGISTER:
             if dev.region is not None:
                 raise ProtocolError("memory already registered for this device")
-            dev.register(list(fds))      # the region keeps dups; ours are closed below
+            dev.register(list(fds))      # the region keeps dups; ours are closed by _service
             return {}
         if mtype == control.LINKUP:
             dev.linkup()
@@ -364,11 +670,10 @@ class Bridge:
         if mtype == control.LINKDOWN:
             dev.linkdown()
             return {"link": False}
-        if mtype == control.CLOSE:
-            dev.reset()
-            conn.devices.pop(dev.name, None)
-            return {}
-        raise ProtocolError(f"unknown message type {mtype}")
+        assert mtype == control.CLOSE
+        dev.reset()
+        conn.devices.pop(dev.name, None)
+        return {}
 
     def close(self):
         for conn in list(self.conns.values()):
@@ -376,12 +681,17 @@ class Bridge:
         for dev in self.devices.values():
             dev.close()
         if self.listener is not None:
-            self.sel.unregister(self.listener)
+            if self.listening:
+                self.sel.unregister(self.listener)
+                self.listening = False
             self.listener.close()
             try:
                 os.unlink(self.path)
             except FileNotFoundError:
                 pass
+        if self._reserve is not None:
+            os.close(self._reserve)
+            self._reserve = None
         os.close(self._stop_r)
         os.close(self._stop_w)
 

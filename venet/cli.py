@@ -83,6 +83,9 @@ def build_parser():
     br.add_argument("--offloads", type=_offloads, default="all", metavar="LIST",
                     help="offloads to offer frontends: all (default: what the kernel's tun "
                          "supports), none, or a list of csum,tso4,tso6,tso-ecn,uso")
+    br.add_argument("--max-connections", type=_max_conns, default=256, metavar="N",
+                    help="control connections served at once; more are refused with an "
+                         "error (default 256)")
     br.set_defaults(func=_cmd_bridge)
 
     at = sub.add_parser("attach", help="a frontend that shows the device as a tap of its own")
@@ -183,6 +186,7 @@ def _int_option(name, lo, hi):
 
 _poll = _int_option("--poll-us", 0, 1_000_000)
 _repeats = _int_option("--repeats", 1, 20)
+_max_conns = _int_option("--max-connections", 1, 65536)
 
 
 def _cpu(text):

@@ -10,6 +10,7 @@ only the devices of the bus it connected to.
 """
 import array
 import json
+import re
 import socket
 import struct
 
@@ -53,7 +54,7 @@ def send(sock, mtype, body=None, fds=()):
         sock.send(msg)
 
 
-def _close_all(fds):
+def close_fds(fds):
     import os
     for fd in fds:
         try:
@@ -62,36 +63,97 @@ def _close_all(fds):
             pass
 
 
-def recv(sock):
-    """(type, body dict, fds).  Raises Disconnected on EOF, ProtocolError on
-    anything malformed (received fds are closed first)."""
-    data, anc, flags, _ = sock.recvmsg(HDR.size + MAX_BODY + 1, socket.CMSG_SPACE(MAX_FDS * 4))
+_close_all = close_fds
+
+
+# Request bodies (what a frontend sends) are flat: an object whose values
+# are numbers, strings, booleans, null or lists of those.  Replies nest a
+# little (STATS: a list of objects holding objects).  Nesting is counted on
+# the raw text before it is parsed, so no input can drive the parser's
+# recursion anywhere near the interpreter's limit.
+REQUEST_DEPTH = 2
+REPLY_DEPTH = 8
+MAX_LIST = 64
+
+# A JSON string, or an unterminated one up to the end: the match never
+# fails once started, so scanning stays linear in the body's length.
+_STRING = re.compile(r'"(?:[^"\\]+|\\[\s\S])*(?:"|\\?\Z)')
+_BRACKET = re.compile(r"[\[\]{}]")
+
+
+def _depth(text):
+    depth = deepest = 0
+    for b in _BRACKET.findall(_STRING.sub("", text)):
+        if b in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        else:
+            depth -= 1
+    return deepest
+
+
+def _scalar(v):
+    return v is None or isinstance(v, (bool, int, float, str))
+
+
+def decode(data, flags=0, max_depth=REPLY_DEPTH):
+    """(type, body dict) of one datagram, or ProtocolError with the reason.
+    max_depth=REQUEST_DEPTH also requires the flat shape of a request."""
+    if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
+        raise ProtocolError("message or its file descriptors were truncated")
+    if len(data) < HDR.size:
+        raise ProtocolError(f"message of {len(data)} bytes is shorter than the header")
+    magic, version, mtype, blen = HDR.unpack_from(data)
+    if magic != MAGIC:
+        raise ProtocolError(f"bad magic {bytes(magic)!r}")
+    if version != VERSION:
+        raise ProtocolError(f"protocol version {version}, expected {VERSION}")
+    if blen != len(data) - HDR.size:
+        raise ProtocolError(f"body length {blen} does not match the {len(data) - HDR.size} bytes sent")
+    try:
+        text = bytes(data[HDR.size:]).decode()
+    except UnicodeDecodeError:
+        raise ProtocolError("body is not valid UTF-8") from None
+    if _depth(text) > max_depth:
+        raise ProtocolError(f"body nests deeper than {max_depth} levels")
+    try:
+        body = json.loads(text)
+    except Exception:
+        # ValueError for bad JSON and for integers of too many digits;
+        # anything else the parser might raise is still the peer's input.
+        raise ProtocolError("body is not valid JSON") from None
+    if not isinstance(body, dict):
+        raise ProtocolError("body is not a JSON object")
+    if max_depth <= REQUEST_DEPTH:
+        for k, v in body.items():
+            if _scalar(v):
+                continue
+            if isinstance(v, list) and len(v) <= MAX_LIST and all(_scalar(x) for x in v):
+                continue
+            raise ProtocolError(f"field {k!r} is not a number, string or short list of them")
+    return mtype, body
+
+
+def fds_of(anc):
+    """The file descriptors passed in a recvmsg() ancillary list."""
     fds = []
     for level, ctype, cdata in anc:
         if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
             a = array.array("i")
             a.frombytes(cdata[: len(cdata) - len(cdata) % a.itemsize])
             fds.extend(a)
+    return fds
+
+
+def recv(sock, max_depth=REPLY_DEPTH):
+    """(type, body dict, fds).  Raises Disconnected on EOF, ProtocolError on
+    anything malformed (received fds are closed first)."""
+    data, anc, flags, _ = sock.recvmsg(HDR.size + MAX_BODY + 1, socket.CMSG_SPACE(MAX_FDS * 4))
+    fds = fds_of(anc)
     try:
         if not data and not anc:
             raise Disconnected("control connection closed")
-        if flags & (socket.MSG_TRUNC | socket.MSG_CTRUNC):
-            raise ProtocolError("message or its file descriptors were truncated")
-        if len(data) < HDR.size:
-            raise ProtocolError(f"message of {len(data)} bytes is shorter than the header")
-        magic, version, mtype, blen = HDR.unpack_from(data)
-        if magic != MAGIC:
-            raise ProtocolError(f"bad magic {magic!r}")
-        if version != VERSION:
-            raise ProtocolError(f"protocol version {version}, expected {VERSION}")
-        if blen != len(data) - HDR.size:
-            raise ProtocolError(f"body length {blen} does not match the {len(data) - HDR.size} bytes sent")
-        try:
-            body = json.loads(data[HDR.size:].decode())
-        except (UnicodeDecodeError, ValueError):
-            raise ProtocolError("body is not valid JSON") from None
-        if not isinstance(body, dict):
-            raise ProtocolError("body is not a JSON object")
+        mtype, body = decode(data, flags, max_depth)
         return mtype, body, fds
     except BaseException:
         _close_all(fds)

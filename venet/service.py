@@ -45,7 +45,8 @@ def run_bridge(args):
         raise UsageError("venet bridge needs root (CAP_NET_ADMIN) to create taps")
     os.makedirs(os.path.dirname(os.path.abspath(args.socket)), mode=0o755, exist_ok=True)
     # Claim the socket first: a taken path fails before any tap is made.
-    br = bridge.Bridge(args.socket, [], group=args.group)
+    br = bridge.Bridge(args.socket, [], group=args.group,
+                       max_connections=args.max_connections)
     try:
         try:
             br.listen()
