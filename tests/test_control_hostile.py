@@ -240,14 +240,28 @@ def test_request_bodies_are_flat(host, body, reason):
 
 def test_bad_json_and_utf8(host):
     h = host()
+    base = h.fds()
     for data, reason in ((b'{"version": 1', "body is not valid JSON"),
                          (b'{"version": 1' + b"1" * 5000 + b"}", "body is not valid JSON"),
                          (b'{"version": "\xff"}', "body is not valid UTF-8"),
-                         (b"[1]", "body is not a JSON object")):
+                         (b"[1]", "body is not a JSON object"),
+                         (b" " * (control.MAX_BODY + 1), "body of 8193 bytes exceeds 8192"),
+                         (b" " * (control.MAX_BODY + 2), "message or its file descriptors were truncated")):
         with client(h.path) as s:
             s.send(raw_msg(control.HELLO, data))
             assert recv_until_eof(s) == [(control.ERROR, {"error": reason})]
     probe(h, "bad json")
+    # more fds than a message may carry: truncated, and none of them leak
+    many = [os.eventfd(0, os.EFD_CLOEXEC) for _ in range(control.MAX_FDS + 4)]
+    try:
+        with client(h.path) as s:
+            hello(s)
+            s.sendmsg([msg(control.LIST)], [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", many))])
+            assert recv_until_eof(s) == [
+                (control.ERROR, {"error": "message or its file descriptors were truncated"})]
+    finally:
+        _close(many)
+    wait_for(lambda: h.fds() == base, what="the bridge to close every fd it was sent")
 
 
 # ---- bug 5: a client that never reads ---------------------------------------------
@@ -349,10 +363,10 @@ def test_handshake_timeout(host):
     h = host(handshake_timeout=0.3)
     t0 = time.monotonic()
     with client(h.path) as s:
+        probe(h, "handshake timeout")        # while the silent client is connected
         got = recv_until_eof(s, timeout=3.0)
     assert got == [(control.ERROR, {"error": "no hello within 0.3 s of connecting"})]
     assert time.monotonic() - t0 >= 0.3
-    probe(h, "handshake timeout")
     assert control_stats(h)["dropped_handshake_timeout"] == 1
 
 

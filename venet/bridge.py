@@ -3,7 +3,11 @@ socket, and runs one Cython pump thread per device a frontend brought up.
 
 Connection states: new -> hello'd -> (per device) open -> registered -> up.
 Malformed or out-of-order messages close the connection with a logged
-reason; refused requests (unknown device, device busy) get an ERROR reply.
+reason (sent first as an ERROR when the peer is reading); refused requests
+(unknown device, device busy, a limit reached, memory refused) get an
+ERROR reply and the connection stays.  Connections, devices per connection,
+the time to HELLO and each connection's unread output are capped (see the
+limits below Device), with counters in the STATS reply's "control" object.
 When a frontend goes away (close, crash, kill -9), its devices are reset:
 pump stopped, memory unmapped, ready for the next frontend.
 """
@@ -208,7 +212,6 @@ FAREWELL_DRAIN = 64             # unread requests discarded before a last ERROR
 _REQUESTS = frozenset((control.HELLO, control.LIST, control.OPEN, control.NEGCAP, control.REGISTER,
                        control.LINKUP, control.LINKDOWN, control.MACQUERY, control.CLOSE,
                        control.STATS, control.FLUSHRX))
-_DEVICE_REQUESTS = _REQUESTS - {control.HELLO, control.LIST, control.STATS, control.OPEN}
 _PEERCRED = struct.Struct("3i")
 
 

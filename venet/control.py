@@ -4,8 +4,10 @@ socket, file descriptors passed with SCM_RIGHTS.
 Wire format of one message (one datagram):
     magic b"VN" | u8 version | u8 type | u32 body length | body (UTF-8 JSON object)
 The body length must equal the datagram's remainder and be at most
-MAX_BODY.  Anything else is a protocol error: the receiver closes that
-connection with a logged reason.  One socket is one bus: a frontend sees
+MAX_BODY.  A request's body is a flat object (values: numbers, strings,
+booleans, null, or lists of at most MAX_LIST of those); a reply's nests at
+most REPLY_DEPTH levels.  Anything else is a protocol error: the receiver
+closes that connection with a logged reason.  One socket is one bus: a frontend sees
 only the devices of the bus it connected to.
 """
 import array
@@ -108,6 +110,8 @@ def decode(data, flags=0, max_depth=REPLY_DEPTH):
         raise ProtocolError(f"bad magic {bytes(magic)!r}")
     if version != VERSION:
         raise ProtocolError(f"protocol version {version}, expected {VERSION}")
+    if blen > MAX_BODY:
+        raise ProtocolError(f"body of {blen} bytes exceeds {MAX_BODY}")
     if blen != len(data) - HDR.size:
         raise ProtocolError(f"body length {blen} does not match the {len(data) - HDR.size} bytes sent")
     try:
