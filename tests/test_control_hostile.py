@@ -497,3 +497,26 @@ def test_stats_has_control_counters(host):
         assert isinstance(c[k], int), k
     assert c["connections"] == 1 and c["max_connections"] == 256 and c["accepted"] == 1
     assert json.dumps(c)
+
+
+def test_output_queue_is_bounded(tmp_path):
+    """Whatever the bridge has to send a client that does not read waits in
+    a queue of at most OUT_MAX_MSGS messages / OUT_MAX_BYTES bytes; past
+    that the client is dropped and counted (driven step by step here)."""
+    from venet import bridge
+    br = bridge.Bridge(str(tmp_path / "bus.sock"), [])
+    br.listen()
+    try:
+        with client(br.path) as s:
+            br._accept()
+            (conn,) = br.conns.values()
+            for i in range(10 * bridge.OUT_MAX_MSGS):
+                br._queue(conn, control.EVENT, {"pad": "x" * 4000})
+                if conn.closed:
+                    break
+                assert len(conn.out) <= bridge.OUT_MAX_MSGS
+                assert conn.out_bytes <= bridge.OUT_MAX_BYTES
+            assert conn.closed and br.counters["dropped_output_full"] == 1
+            assert not br.conns
+    finally:
+        br.close()
