@@ -94,5 +94,8 @@ class Attachment:
         taplib.set_carrier(self.tap_fd, True)
 
     def close(self):
-        self.stop()
+        """Stop the pump and close the tap; False if the pump would not
+        stop (the device's memory must then stay mapped)."""
+        stopped = self.stop()
         os.close(self.tap_fd)
+        return stopped

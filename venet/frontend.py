@@ -151,8 +151,7 @@ class Bus:
         if not self.connected:
             return False
         gen = self._gen
-        r, _, _ = select.select([self.sock], [], [], 0)
-        if r:
+        while select.select([self.sock], [], [], 0)[0]:
             try:
                 data = self.sock.recv(control.HDR.size + control.MAX_BODY, socket.MSG_PEEK)
             except OSError:
@@ -160,6 +159,18 @@ class Bus:
             if not data:
                 self._lost(gen)
                 return False
+            # An unsolicited EVENT message would hide the end of the stream
+            # behind it: take it (as control.call() skips it).  Anything else
+            # is the reply to a request in progress in another thread.
+            if data[3:4] != bytes([control.EVENT]) or not self._lock.acquire(blocking=False):
+                break
+            try:
+                control._close_all(control.recv(self.sock)[2])
+            except (OSError, control.ProtocolError):
+                self._lost(gen)
+                return False
+            finally:
+                self._lock.release()
         return True
 
     def reset(self):
@@ -268,9 +279,17 @@ class Bus:
                 raise ValueError(f"the bus has {len(devs)} devices; name one")
             name = devs[0]["name"]
         with self._lock:
-            if self.reconnect and not self._connect_if_due():
-                raise LinkDown(f"bus {self.path}: no backend (reconnecting)")
-            dev = Device(self, name, ring_size, poll_us, offloads, buf_size, txc)
+            if not self.reconnect:
+                dev = Device(self, name, ring_size, poll_us, offloads, buf_size, txc)
+            else:
+                if not self._connect_if_due():
+                    raise LinkDown(f"bus {self.path}: no backend (reconnecting)")
+                gen = self._gen
+                try:
+                    dev = Device(self, name, ring_size, poll_us, offloads, buf_size, txc)
+                except _CONN_ERRORS as e:
+                    self._lost(gen)
+                    raise LinkDown(f"bus {self.path}: the backend went away ({e})") from None
         self.devices[name] = dev
         return dev
 

@@ -83,6 +83,7 @@ def run_attach(args):
     # wrong: the attach logs each change of the link itself.
     logging.getLogger("venet.frontend").setLevel(logging.WARNING)
     reconnect = not args.no_reconnect
+    unmap = True
     try:
         bus = frontend.connect(args.socket, reconnect=reconnect)
     except (FileNotFoundError, PermissionError, ConnectionRefusedError) as e:
@@ -113,9 +114,13 @@ def run_attach(args):
         try:
             return _attach_loop(bus, dev, att, stop, up, reconnect)
         finally:
-            att.close()
+            if not att.close():
+                # Unmapping the rings under a running pump would crash it.
+                logging.error("the attach pump did not stop; leaving its memory mapped")
+                unmap = False
     finally:
-        bus.close()
+        if unmap:
+            bus.close()
 
 
 def _attach_loop(bus, dev, att, stop, up, reconnect):
