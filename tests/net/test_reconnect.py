@@ -2,7 +2,9 @@
 bridge's death (kill -9) and carry traffic again when a bridge serves the
 socket, without reconfiguring.  The bridge's tap is persistent (made here,
 in the test's namespace), so it keeps its address while no bridge holds it."""
+import os
 import signal
+import socket
 import time
 
 import pytest
@@ -122,6 +124,31 @@ def test_sigterm_while_waiting_for_a_bridge(pair):
     # Tidy: the tap it made is gone with it.
     with ns_ipr(b) as ipr:
         assert not ipr.link_lookup(ifname="vt1")
+
+
+def test_sigterm_while_a_bridge_hangs_in_hello(pair, sockdir):
+    """A socket that accepts and never answers: the attach's dial would
+    wait for its 5 s timeout; SIGTERM must cut it short."""
+    bridge, br, att, a, b = pair
+    br.kill()
+    br.wait()
+    wait_for(lambda: carrier(b, "vt1") == 0, 5, "the attach's tap carrier going off")
+    path = str(sockdir / "bus.sock")
+    os.unlink(path)                 # the dead bridge's socket file
+    mute = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    try:
+        mute.bind(path)
+        mute.listen(1)
+        mute.settimeout(5)
+        conn, _ = mute.accept()     # the attach is now waiting for HELLO's reply
+        try:
+            assert conn.recv(100)[:2] == b"VN"
+            att.send_signal(signal.SIGTERM)
+            assert att.wait(timeout=3) == 0, att.stderr.read()
+        finally:
+            conn.close()
+    finally:
+        mute.close()
 
 
 def echo(dev, i):
