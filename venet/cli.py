@@ -100,6 +100,9 @@ def build_parser():
     at.add_argument("--offloads", type=_offloads, default="all", metavar="LIST",
                     help="offloads to ask for and switch on the tap: all (default), none, "
                          "or a list of csum,tso4,tso6,tso-ecn,uso")
+    at.add_argument("--no-reconnect", action="store_true",
+                    help="exit (status 1) when the bridge goes away, instead of taking the tap's "
+                         "carrier down and waiting for a bridge to serve the socket again")
     at.set_defaults(func=_cmd_attach)
 
     st = sub.add_parser("stats", help="per-device counters of a running bridge")

@@ -76,12 +76,17 @@ def run_bridge(args):
 
 
 def run_attach(args):
-    from venet import frontend
+    from venet import abi, frontend
     from venet.attach import Attachment
     from venet.devices import tap as taplib
     logging.basicConfig(level=logging.INFO, format="venet attach: %(message)s", stream=sys.stderr)
+    # The frontend's own steps (dialling, reopening) only when they go
+    # wrong: the attach logs each change of the link itself.
+    logging.getLogger("venet.frontend").setLevel(logging.WARNING)
+    reconnect = not args.no_reconnect
+    unmap = True
     try:
-        bus = frontend.connect(args.socket)
+        bus = frontend.connect(args.socket, reconnect=reconnect)
     except (FileNotFoundError, PermissionError, ConnectionRefusedError) as e:
         raise UsageError(str(e))
     except control.RemoteError as e:
@@ -97,25 +102,72 @@ def run_attach(args):
         except taplib.TapError as e:
             raise UsageError(str(e))
         stop = threading.Event()
-        on_stop_signals(stop.set)
+        up = [True]
+
+        def on_stop():
+            stop.set()
+            if not up[0]:
+                bus.abort()     # a reconnection attempt in progress returns at once
+        on_stop_signals(on_stop)
         att.start()
-        from venet import abi
         logging.info("device %s on tap %s, offloads %s", dev.name, args.tap, abi.cap_names(dev.offloads))
         print(f"ready {args.tap}", flush=True)
         try:
-            while not stop.wait(0.2):
-                try:
-                    dev._check_backend()
-                except frontend.LinkDown as e:
-                    logging.error("%s", e)
-                    return 1
-                if not att.thread.is_alive():
+            return _attach_loop(bus, dev, att, stop, up, reconnect)
+        finally:
+            if not att.close():
+                # Unmapping the rings under a running pump would crash it.
+                logging.error("the attach pump did not stop; leaving its memory mapped")
+                unmap = False
+    finally:
+        if unmap:
+            bus.close()
+
+
+def _attach_loop(bus, dev, att, stop, up, reconnect):
+    """Watch the bridge; with reconnect, take the tap's carrier down while
+    it is gone and bring the device back when a bridge serves the socket.
+    Returns the exit status."""
+    from venet import abi, frontend
+    from venet.devices import tap as taplib
+    while not stop.is_set():
+        if up[0]:
+            if stop.wait(0.2):
+                break
+            lost = not bus.alive()
+            if not lost and not att.running():
+                if not reconnect:
                     logging.error("pump stopped: %s", att.result)
                     return 1
-        finally:
-            att.close()
-    finally:
-        bus.close()
+                logging.warning("pump stopped (%s): opening the device again", att.result)
+                bus.reset()
+                lost = True
+            if lost:
+                if not reconnect:
+                    logging.error("device %s: the bridge went away", dev.name)
+                    return 1
+                try:
+                    att.link_down()
+                except taplib.TapError as e:
+                    logging.error("%s", e)
+                    return 1
+                up[0] = False
+                logging.warning("bridge gone: carrier off on %s; waiting for a bridge on %s "
+                                "(retrying every %d ms at most)", att.tap_name, bus.path,
+                                frontend.RETRY_MAX * 1000)
+        else:
+            if not dev.wait_link(timeout=0.2):
+                continue
+            if stop.is_set():
+                break
+            try:
+                att.link_up()
+            except taplib.TapError as e:
+                logging.error("%s", e)
+                return 1
+            up[0] = True
+            logging.info("bridge back: device %s up on %s, offloads %s", dev.name, att.tap_name,
+                         abi.cap_names(dev.offloads))
     return 0
 
 

@@ -28,6 +28,7 @@ TUNSETIFF = 0x400454CA
 TUNSETOFFLOAD = 0x400454D0
 TUNSETVNETHDRSZ = 0x400454D8
 TUNSETVNETLE = 0x400454DC
+TUNSETCARRIER = 0x400454E2
 IFF_TAP = 0x0002
 IFF_NO_PI = 0x1000
 IFF_VNET_HDR = 0x4000
@@ -111,6 +112,19 @@ def set_offloads(fd, caps):
         fcntl.ioctl(fd, TUNSETOFFLOAD, tun_offload_flags(caps))
     except OSError as e:
         raise TapError(f"cannot set tap offloads: {e.strerror}") from None
+
+
+def set_carrier(fd, on):
+    """Switch the tap's carrier on or off (TUNSETCARRIER, Linux 4.17+).
+    Without carrier the kernel sends nothing to the tap and reports the
+    link down (NO-CARRIER) to its users, but the tap keeps its addresses
+    and routes: a frontend whose backend went away says so this way, and
+    traffic resumes with the carrier, without reconfiguring."""
+    try:
+        fcntl.ioctl(fd, TUNSETCARRIER, struct.pack("i", 1 if on else 0))
+    except OSError as e:
+        raise TapError(f"cannot switch the tap's carrier {'on' if on else 'off'}: "
+                       f"{e.strerror}") from None
 
 
 def supported_offloads(fd):
