@@ -83,9 +83,11 @@ def _model_pop(mem, ring_at, count, head, lo, hi, max_sg, max_len, n_items, sg_c
     return items, sgs
 
 
-def _u64(fdp, lo, hi):
-    """An offset: near the pool mostly, anywhere sometimes."""
+def _u64(fdp, lo, hi, tables=()):
+    """An offset: an SG table written, near the pool, anywhere."""
     k = fdp.ConsumeIntInRange(0, 3)
+    if k == 3 and tables:
+        return fdp.PickValueInList(tables)
     if k == 0:
         return fdp.ConsumeIntInRange(0, (1 << 64) - 1)
     if k == 1:
@@ -99,6 +101,8 @@ def _len(fdp, lo, hi):
         return fdp.ConsumeIntInRange(0, M32)
     if k == 1:
         return 16 * fdp.ConsumeIntInRange(0, 10)
+    if k == 2:
+        return fdp.ConsumeIntInRange(0, 200)
     return fdp.ConsumeIntInRange(0, hi - lo + 16)
 
 
@@ -122,13 +126,16 @@ def TestOneInput(data):
     try:
         lo, hi = region.pool_offset, region.pool_offset + region.pool_size
         ring_at = region.ring_offset(0)
-        head = fdp.ConsumeIntInRange(0, M32) if fdp.ConsumeBool() else 0
+        k = fdp.ConsumeIntInRange(0, 2)       # start: 0, just before the u32 wrap, anywhere
+        head = 0 if k == 0 else (M32 - fdp.ConsumeIntInRange(0, 32)) if k == 1 else fdp.ConsumeIntInRange(0, M32)
         struct.pack_into("<I", mem, ring_at, head)
         struct.pack_into("<I", mem, ring_at + 64, head)
         max_len = fdp.ConsumeIntInRange(1, hi - lo + 64) if fdp.ConsumeBool() else None
         # SG tables (and any bytes) in the pool.
+        tables = []
         for _ in range(fdp.ConsumeIntInRange(0, 4)):
             at = lo + 8 * fdp.ConsumeIntInRange(0, (hi - lo) // 8 - 1)
+            tables.append(at)
             for i in range(fdp.ConsumeIntInRange(1, 9)):
                 if at + 16 * (i + 1) > hi:
                     break
@@ -137,7 +144,8 @@ def TestOneInput(data):
             pos = (head + i) & M32
             seq = (pos + 1) & M32 if fdp.ConsumeIntInRange(0, 7) else fdp.ConsumeIntInRange(0, M32)
             DESC.pack_into(mem, ring_at + ioq.RING_HDR_SIZE + ioq.DESC_SIZE * (pos % count),
-                           fdp.ConsumeIntInRange(0, (1 << 64) - 1), _u64(fdp, lo, hi), _len(fdp, lo, hi),
+                           fdp.ConsumeIntInRange(0, (1 << 64) - 1), _u64(fdp, lo, hi, tables),
+                           _len(fdp, lo, hi),
                            _flags(fdp), fdp.ConsumeIntInRange(0, M32), seq)
         kw = {} if max_len is None else {"max_len": max_len}
         c = region.consumer(0, **kw)
