@@ -58,11 +58,13 @@ FUZZ_SECONDS ?= 60
 FUZZ_TARGETS = control bridge ring pump
 
 fuzz: deps build
-	@n=$(words $(FUZZ_TARGETS)); per=$$(( $(FUZZ_SECONDS) / $$n )); [ $$per -ge 1 ] || per=1; rc=0; \
+	@rm -rf build/fuzz/artifacts; \
+	n=$(words $(FUZZ_TARGETS)); per=$$(( $(FUZZ_SECONDS) / $$n )); [ $$per -ge 1 ] || per=1; rc=0; \
 	for t in $(FUZZ_TARGETS); do \
 	  echo "== fuzz $$t for $$per s"; \
 	  $(PY) -m tests.fuzz.fuzz_$$t -max_total_time=$$per -print_final_stats=1 || rc=1; \
 	done; \
+	if ls build/fuzz/artifacts/* >/dev/null 2>&1; then rc=1; fi; \
 	if [ $$rc != 0 ]; then echo "fuzz: findings in build/fuzz/artifacts/" >&2; fi; exit $$rc
 
 # The hostile and fuzz smoke tests against an AddressSanitizer build, made in
