@@ -2,7 +2,7 @@
 # Each installs what it needs first (as root on Debian: apt and pip).
 PY ?= python3
 
-.PHONY: deps build demo test bench bench-save bench-compare bench-ring bench-e2e bench-notify bench-syscalls bench-docs soak clean
+.PHONY: deps build demo test fuzz asan-test bench bench-save bench-compare bench-ring bench-e2e bench-notify bench-syscalls bench-docs soak clean
 
 deps:
 	bash scripts/install-deps.sh
@@ -50,6 +50,34 @@ bench-ring: build
 
 soak: build
 	$(PY) -m pytest -q -m soak tests
+
+# Coverage-guided fuzzing (tests/fuzz/, docs/fuzzing.md): FUZZ_SECONDS split
+# over the harnesses; what they learn goes to build/fuzz/corpus/, findings to
+# build/fuzz/artifacts/.  Fails if any harness found something.
+FUZZ_SECONDS ?= 60
+FUZZ_TARGETS = control bridge ring pump
+
+fuzz: deps build
+	@rm -rf build/fuzz/artifacts; \
+	n=$(words $(FUZZ_TARGETS)); per=$$(( $(FUZZ_SECONDS) / $$n )); [ $$per -ge 1 ] || per=1; rc=0; \
+	for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$t for $$per s"; \
+	  $(PY) -m tests.fuzz.fuzz_$$t -max_total_time=$$per -print_final_stats=1 || rc=1; \
+	done; \
+	if ls build/fuzz/artifacts/* >/dev/null 2>&1; then rc=1; fi; \
+	if [ $$rc != 0 ]; then echo "fuzz: findings in build/fuzz/artifacts/" >&2; fi; exit $$rc
+
+# The hostile and fuzz smoke tests against an AddressSanitizer build, made in
+# a copy of the tree (build/asan/) so the in-place build stays a normal one.
+ASAN_TESTS ?= -k "hostile or fuzz" tests
+ASAN_LIB = $(shell gcc -print-file-name=libasan.so)
+
+asan-test: deps
+	rm -rf build/asan && mkdir -p build/asan
+	git ls-files -z --cached --others --exclude-standard | grep -zv '^build/' | xargs -0 cp --parents -t build/asan
+	cd build/asan && find . -name '*.so' -delete && VENET_ASAN=1 $(PY) setup.py build_ext --inplace -q --force
+	cd build/asan && LD_PRELOAD=$(ASAN_LIB) ASAN_OPTIONS=detect_leaks=0:abort_on_error=1 \
+	  $(PY) -m pytest -q -p no:cacheprovider $(ASAN_TESTS)
 
 clean:
 	rm -rf build *.egg-info

@@ -2,6 +2,18 @@
 
 VENET_CYTHON_TRACE=1 builds with line tracing (coverage, profilers);
 VENET_DEBUG=1 builds with -O0 -g and Cython's bounds checks.
+VENET_ASAN=1 builds with AddressSanitizer (-fsanitize=address
+-fno-omit-frame-pointer, compiled and linked).  CPython itself is not
+instrumented, so the runtime must be loaded first and leak checks are off
+(CPython keeps memory until exit).  Add --force to build_ext when
+switching, or setuptools keeps the objects of the other build:
+
+    LD_PRELOAD=$(gcc -print-file-name=libasan.so) ASAN_OPTIONS=detect_leaks=0 \
+        python3 -m pytest -q -k hostile tests tests/test_fuzz_smoke.py
+
+`make asan-test` does this in a copy of the tree (build/asan/), so the
+in-place build that `make test` uses is never an ASan one; see
+docs/fuzzing.md.
 """
 import os
 
@@ -11,6 +23,7 @@ from setuptools import Extension, setup
 DEBUG = os.environ.get("VENET_DEBUG") == "1"
 INCLUDE = ["shmsignal/includes", "ioq", "venet"]
 CFLAGS = ["-O0", "-g"] if DEBUG else ["-O2", "-march=x86-64-v2" if os.uname().machine == "x86_64" else "-O2"]
+ASAN = ["-fsanitize=address", "-fno-omit-frame-pointer"] if os.environ.get("VENET_ASAN") == "1" else []
 
 MODULES = [
     "shmsignal._signal",
@@ -25,7 +38,8 @@ MODULES = [
 
 def ext(name):
     return Extension(name, [name.replace(".", "/") + ".pyx"], include_dirs=INCLUDE,
-                     extra_compile_args=CFLAGS + ["-Wno-unused-function"])
+                     extra_compile_args=CFLAGS + ASAN + ["-g"] * bool(ASAN) + ["-Wno-unused-function"],
+                     extra_link_args=ASAN)
 
 
 directives = {"language_level": "3", "boundscheck": DEBUG, "wraparound": False,

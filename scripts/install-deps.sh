@@ -21,8 +21,16 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
 fi
 
-if ! "$PY" -c "import Cython, numpy, pyroute2, scapy, pytest, pytest_benchmark, hypothesis, faster_fifo, matplotlib" 2>/dev/null; then
+# atheris (the fuzz harnesses, make fuzz): a binary wheel for CPython 3.11 on
+# x86_64 (manylinux2014) needs no clang; without a wheel pip builds it, and
+# that needs clang with libFuzzer (apt: clang), so install clang first then.
+if ! "$PY" -c "import Cython, numpy, pyroute2, scapy, pytest, pytest_benchmark, hypothesis, faster_fifo, matplotlib, atheris" 2>/dev/null; then
+  if ! "$PY" -m pip download -q --no-deps --only-binary=:all: -d "${TMPDIR:-/tmp}/venet-atheris" "atheris>=2.3" >/dev/null 2>&1 \
+     && ! command -v clang >/dev/null && [ "$(id -u)" = 0 ]; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq clang >/dev/null
+  fi
   "$PY" -m pip install -q --disable-pip-version-check --root-user-action=ignore \
     "Cython>=3.0" "numpy>=1.24" "pyroute2>=0.9" "scapy>=2.5" "pytest>=7" \
-    "pytest-benchmark>=4" "hypothesis>=6" "faster-fifo>=1.4" "matplotlib>=3.5" "setuptools>=64" wheel
+    "pytest-benchmark>=4" "hypothesis>=6" "faster-fifo>=1.4" "matplotlib>=3.5" "setuptools>=64" wheel \
+    "atheris>=2.3"
 fi
