@@ -19,10 +19,6 @@ SECONDS = 4                      # atheris time per harness in the default run
 # Reproducers of bugs open in issue 10, fixed on other branches: each must
 # start to pass when its fix is merged (strict), then its entry goes.
 KNOWN_OPEN = {
-    ("control", "deep-list-issue10-1"): "issue 10 item 1: RecursionError escapes control.recv",
-    ("control", "deep-object-issue10-1"): "issue 10 item 1: RecursionError escapes control.recv",
-    ("bridge", "deep-list-before-hello-issue10-1"): "issue 10 item 1: one datagram kills the bridge",
-    ("bridge", "deep-object-after-hello-issue10-1"): "issue 10 item 1: one datagram kills the bridge",
     ("bridge", "refused-linkup-twice-shape2-issue10-2"): "issue 10 item 2: a refused Pump closes fd 0",
     ("bridge", "refused-linkup-twice-shape3-issue10-2"): "issue 10 item 2: a refused Pump closes fd 0",
 }
