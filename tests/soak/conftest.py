@@ -8,9 +8,11 @@ inside the loop's own namespaces.  Each loop prints one summary line
 starting with "soak:" (run pytest with -s to see them; `make soak` does),
 also appended to the file SOAK_LOG names, if set.
 """
+import collections
 import os
 import signal
 import subprocess
+import threading
 import time
 
 import pytest
@@ -119,6 +121,30 @@ def same_as(baseline, pid, keys=("fds", "memfds", "eventfds", "sockets", "thread
         return all(last[k] == baseline[k] for k in keys)
     check.last = last
     return check
+
+
+def drain(p):
+    """Keep reading a started process's stdout and stderr (a daemon that
+    logs a line per refused client must never block on a full pipe); the
+    last lines are in p.tail.  Returns p."""
+    p.tail = collections.deque(maxlen=100)
+    for f in (p.stdout, p.stderr):
+        if f is not None:
+            threading.Thread(target=_pump_lines, args=(f, p.tail), daemon=True).start()
+    return p
+
+
+def _pump_lines(f, tail):
+    try:
+        for line in f:
+            tail.append(line.rstrip("\n"))
+    except (OSError, ValueError):
+        pass                # closed by reap()
+
+
+def last_words(p):
+    """The last lines a drained process wrote (for failure messages)."""
+    return " | ".join(list(getattr(p, "tail", ()))[-8:])
 
 
 def kill9(p):

@@ -17,69 +17,18 @@ after it the attach must move traffic again with the fds and threads it
 had before the first kill.
 """
 import random
-import subprocess
 import time
 
 import pytest
 
-from venet.topology import _setns, run_in
-
-from .conftest import env_int, fd_kinds, kill9, link_stats, reap, same_as, summary, taps, wait_for
+from .conftest import env_int, fd_kinds, kill9, last_words, link_stats, reap, same_as, summary, taps, wait_for
+from .rig import Rig
 
 pytestmark = pytest.mark.soak
 
-A, B = "10.77.9.1", "10.77.9.2"
 FRONTEND_KILLS = env_int("SOAK_KILL_FRONTEND", 100)
 BACKEND_KILLS = env_int("SOAK_KILL_BACKEND", 20)
 RECOVER_S = 15          # how long a survivor may take to return to its baseline
-
-
-class Rig:
-    def __init__(self, lab):
-        self.lab = lab
-        self.a = lab.netns("a")
-        self.b = lab.netns("b")
-        self.sock = lab.socket_path()
-        self.bridge = None
-        self.attach = None
-
-    def start_bridge(self):
-        self.bridge = self.lab.venet("bridge", "--tap", "vb0", "--netns", self.a, "--socket", self.sock)
-        self.lab.addr(self.a, "vb0", A)
-
-    def start_attach(self):
-        self.attach = self.lab.venet("attach", "--socket", self.sock, "--tap", "va0", "--netns", self.b)
-        self.lab.addr(self.b, "va0", B)
-
-    def spawn(self, ns, argv):
-        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             preexec_fn=_setns(ns))
-        self.lab.procs.append(p)
-        return p
-
-    def reachable(self, timeout=20):
-        wait_for(lambda: run_in(self.b, ["ping", "-n", "-c", "1", "-W", "1", A], timeout=10).returncode == 0,
-                 timeout, f"ping {B} -> {A} through bridge + attach", interval=0.1)
-
-    def iperf_running(self):
-        """Start an iperf3 stream B -> A and wait until frames move; returns
-        (server, client)."""
-        srv = self.spawn(self.a, ["iperf3", "-s", "-1", "-B", A])
-        before = link_stats(self.a, "vb0")["rx_packets"]
-
-        def flowing():
-            return link_stats(self.a, "vb0")["rx_packets"] - before > 200
-        cli = None
-        deadline = time.monotonic() + 20
-        while cli is None or not flowing():
-            if cli is None or cli.poll() is not None:
-                # The server may not listen yet: try again.
-                if cli is not None:
-                    reap(self.lab, cli)
-                cli = self.spawn(self.b, ["iperf3", "-c", A, "-t", "60"])
-            assert time.monotonic() < deadline, "iperf3 moved nothing through bridge + attach"
-            time.sleep(0.05)
-        return srv, cli
 
 
 def test_kill_frontend(lab):
@@ -101,7 +50,7 @@ def test_kill_frontend(lab):
         reap(lab, rig.attach)
         reap(lab, cli)
         reap(lab, srv)
-        assert rig.bridge.poll() is None, f"round {i}: the bridge died: {rig.bridge.stderr.read()[-500:]}"
+        assert rig.bridge.poll() is None, f"round {i}: the bridge died: {last_words(rig.bridge)}"
         check = same_as(base, rig.bridge.pid)
         try:
             wait_for(check, RECOVER_S, "the bridge's fds and threads back to baseline")
@@ -144,7 +93,7 @@ def test_kill_backend(lab):
             if rig.attach.poll() is not None:
                 raise AssertionError(
                     f"round {i}: venet attach exited ({rig.attach.returncode}) when its bridge "
-                    f"died: {rig.attach.stderr.read()[-300:]!r}") from None
+                    f"died: {last_words(rig.attach)}") from None
             raise
         check = same_as(base, rig.attach.pid)
         try:
