@@ -3,12 +3,13 @@
 Every loop is bounded in count and time, makes its own namespaces (through
 venet.topology.Lab), and kills only the processes it started, by pid.  What
 a process holds is counted from /proc: its fds by kind (memfds, eventfds,
-sockets), its threads, its resident memory; taps are counted with pyroute2
-inside the loop's own namespaces.  Each loop prints one summary line
-starting with "soak:" (run pytest with -s to see them; `make soak` does),
-also appended to the file SOAK_LOG names, if set.
+sockets), its threads, its resident memory; taps and link counters are
+read inside the loop's own namespaces (with `ip -j`).  Each loop prints one
+summary line starting with "soak:" (run pytest with -s to see them; `make
+soak` does), also appended to the file SOAK_LOG names, if set.
 """
 import collections
+import json
 import os
 import signal
 import subprocess
@@ -33,7 +34,7 @@ def summary(name, **figures):
     """The loop's one-line result, for the closing note."""
     parts = " ".join(f"{k}={_fmt(v)}" for k, v in figures.items())
     line = f"soak: {name}: {parts}"
-    print(line, flush=True)
+    print("\n" + line, flush=True)      # on a line of its own after pytest's dots
     log = os.environ.get("SOAK_LOG")
     if log:
         with open(log, "a") as f:
@@ -75,27 +76,26 @@ def rss_kib(pid):
 
 
 def taps(ns):
-    """Names of the tun/tap links in namespace `ns`."""
-    from pyroute2 import IPRoute
-    out = []
-    with IPRoute(netns=ns) as ipr:
-        for link in ipr.get_links():
-            info = link.get_attr("IFLA_LINKINFO")
-            if info is not None and info.get_attr("IFLA_INFO_KIND") == "tun":
-                out.append(link.get_attr("IFLA_IFNAME"))
-    return sorted(out)
+    """Names of the tun/tap links in namespace `ns` (`ip -j -d link` run
+    inside it: a pyroute2 socket made for a namespace now and then did not
+    see links that were there, on this host)."""
+    from venet.topology import run_in
+    r = run_in(ns, ["ip", "-j", "-d", "link", "show"], timeout=10)
+    if r.returncode != 0:
+        raise RuntimeError(f"ip link in {ns}: {r.stderr.strip()}")
+    return sorted(link["ifname"] for link in json.loads(r.stdout)
+                  if link.get("linkinfo", {}).get("info_kind") == "tun")
 
 
 def link_stats(ns, ifname):
-    """The kernel's packet counters of `ifname` in `ns` (IFLA_STATS64)."""
-    from pyroute2 import IPRoute
-    with IPRoute(netns=ns) as ipr:
-        idx = ipr.link_lookup(ifname=ifname)
-        if not idx:
-            raise RuntimeError(f"{ifname} is not in {ns}")
-        st = ipr.get_links(idx[0])[0].get_attr("IFLA_STATS64")
-        return {k: st[k] for k in ("rx_packets", "tx_packets", "rx_dropped", "tx_dropped",
-                                   "rx_errors", "tx_errors")}
+    """The kernel's packet counters of `ifname` in `ns` (stats64), from
+    `ip -j -s link` run inside the namespace."""
+    from venet.topology import run_in
+    r = run_in(ns, ["ip", "-j", "-s", "link", "show", "dev", ifname], timeout=10)
+    if r.returncode != 0:
+        raise RuntimeError(f"{ifname} in {ns}: {r.stderr.strip()}")
+    st = json.loads(r.stdout)[0]["stats64"]
+    return {f"{d}_{k}": st[d][k] for d in ("rx", "tx") for k in ("packets", "dropped", "errors")}
 
 
 def wait_for(pred, timeout, what, interval=0.05):
