@@ -386,8 +386,6 @@ def _window(prober, ns, secs):
         time.sleep(0.02)
     r1, t1 = _rx_packets(ns, "tb0"), time.monotonic()
     rate = None if r0 is None or r1 is None else (r1 - r0) / (t1 - t0)
-    if os.environ.get("ISO_DEBUG"):
-        print(f"  window: tb0 rx_packets {r0} -> {r1}", file=sys.stderr)
     return lat, timeouts, rate
 
 
