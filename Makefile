@@ -48,8 +48,13 @@ bench-docs:
 bench-ring: build
 	$(PY) -m venet bench ring --json docs/ring-bench.json
 
+# The fault and load loops of tests/soak/ (root: namespaces, taps) and the
+# ring's long stream; each loop prints a "soak:" summary line.  A quick
+# check: make soak SOAK_MINUTES=1 (docs/soak.md lists the other knobs).
+SOAK_MINUTES ?= 10
+export SOAK_MINUTES
 soak: build
-	$(PY) -m pytest -q -m soak tests
+	$(PY) -m pytest -q -s -m soak tests
 
 # Coverage-guided fuzzing (tests/fuzz/, docs/fuzzing.md): FUZZ_SECONDS split
 # over the harnesses; what they learn goes to build/fuzz/corpus/, findings to

@@ -58,6 +58,11 @@ def build_parser():
                      help="a subset of veth,venet,venet-poll,venet-nooff,venet-pin,venet-any,socat,pypump,testpmd")
     e2e.set_defaults(func=_cmd_bench_e2e)
 
+    iso = bsub.add_parser("isolation", help="frontend B's control replies and traffic while "
+                                            "frontend A misbehaves, on one bridge (root)")
+    iso.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    iso.add_argument("--quick", action="store_true", help="short windows (smoke runs)")
+    iso.set_defaults(func=_cmd_bench_isolation)
     sc = bsub.add_parser("syscalls", help="what syscall batching could save the pumps: a bare "
                                           "syscall against tap reads and writes (root)")
     sc.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
@@ -281,6 +286,18 @@ def _cmd_bench_e2e(args):
     try:
         e2e.main(json_path=args.json, out_dir=args.out, quick=args.quick, repeats=args.repeats,
                  topologies=args.topologies or e2e.TOPOLOGIES)
+    except RuntimeError as e:
+        raise UsageError(str(e))
+    return 0
+
+
+def _cmd_bench_isolation(args):
+    import os
+    if os.geteuid() != 0:
+        raise UsageError("venet bench isolation needs root: it creates a namespace and taps")
+    from bench import isolation
+    try:
+        isolation.main(json_path=args.json, quick=args.quick)
     except RuntimeError as e:
         raise UsageError(str(e))
     return 0
