@@ -1,17 +1,15 @@
 """Offload metadata without a kernel: the Meta record, the software
 checksum and segmentation helpers (checked against scapy's own), and
 frame chains over a ring (venet._frames)."""
-import mmap
 import struct
 
 import pytest
 from scapy.all import IP, TCP, UDP, Ether, IPv6, Raw, raw
 
 import ioq
+from tests.conftest import RawPeer
 from venet import _frames, abi
 from venet.offload import Meta, checksum, csum_add, finish_checksum, plain_frames, segment
-
-DESC = struct.Struct("<QQIIII")
 
 
 def test_meta_pack_unpack_round_trip():
@@ -157,38 +155,23 @@ def test_chain_waits_for_room_and_refuses_what_never_fits(ring_pair):
         _frames.send_frame(p, b"x", abi.F_MORE, timeout=0)
 
 
-class RawPeer:
-    def __init__(self, region, ring=0):
-        self.region = region
-        self.mm = mmap.mmap(region.fd, region.size)
-        self.ring = region.ring_offset(ring)
-        self.count = region.ring_count(ring)
-        self.pos = 0
-
-    def publish(self, length, flags):
-        off = self.region.buffer_offset(self.pos % self.count)
-        at = self.ring + ioq.RING_HDR_SIZE + ioq.DESC_SIZE * (self.pos % self.count)
-        DESC.pack_into(self.mm, at, self.pos, off, length, flags, 0, self.pos + 1)
-        self.pos += 1
-
-
 def test_hostile_chains_are_skipped_with_an_error():
     region = ioq.Region.create([128, 8], buf_size=64)
     try:
         peer, c = RawPeer(region), region.consumer(0)
         for _ in range(abi.MAX_CHAIN + 5):          # a chain too long, then its end
-            peer.publish(64, abi.F_MORE)
-        peer.publish(10, 0)
-        peer.publish(20, 0)                          # a good frame after it
+            peer.publish_paired(64, abi.F_MORE)
+        peer.publish_paired(10, 0)
+        peer.publish_paired(20, 0)                   # a good frame after it
         with pytest.raises(_frames.ChainError, match="longer than"):
             _frames.recv_frame(c, 0)
         assert len(_frames.recv_frame(c, 0)[0]) == 20
-        peer.publish(64, abi.F_MORE)                 # a chain that never ends
+        peer.publish_paired(64, abi.F_MORE)          # a chain that never ends
         with pytest.raises(_frames.ChainError, match="not its end"):
             _frames.recv_frame(c, 0)
-        peer.publish(5, abi.F_NEEDS_CSUM)            # its end, with flags only a first may carry
-        peer.publish(5, abi.F_NEEDS_CSUM)            # a frame shorter than its record
-        peer.publish(30, 0)
+        peer.publish_paired(5, abi.F_NEEDS_CSUM)     # its end, with flags only a first may carry
+        peer.publish_paired(5, abi.F_NEEDS_CSUM)     # a frame shorter than its record
+        peer.publish_paired(30, 0)
         assert len(_frames.recv_frame(c, 0)[0]) == 30   # both bad frames were skipped
     finally:
         region.close()

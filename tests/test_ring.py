@@ -1,38 +1,9 @@
-import mmap
-import struct
-
 import numpy as np
 import pytest
 
 import ioq
 from ioq import DESC_DTYPE, ITEM_DTYPE, SG_DTYPE, IoqError, Region, RingBroken
-
-DESC = struct.Struct("<QQIIII")
-
-
-class Peer:
-    """A raw view of the region: plays a buggy or hostile peer."""
-
-    def __init__(self, region, ring=0):
-        self.mm = mmap.mmap(region.fd, region.size)
-        self.ring = region.ring_offset(ring)
-        self.count = region.ring_count(ring)
-        self.pos = 0
-
-    def write_slot(self, pos, cookie, offset, length, flags=0, user=0, seq=None):
-        at = self.ring + ioq.RING_HDR_SIZE + ioq.DESC_SIZE * (pos % self.count)
-        DESC.pack_into(self.mm, at, cookie, offset, length, flags, user, pos + 1 if seq is None else seq)
-
-    def publish(self, *a, **kw):
-        self.write_slot(self.pos, *a, **kw)
-        self.pos += 1
-
-    def set_cons(self, value):
-        struct.pack_into("<I", self.mm, self.ring + 64, value)
-
-    def write_sg(self, at, entries):
-        for i, (off, ln) in enumerate(entries):
-            struct.pack_into("<QII", self.mm, at + 16 * i, off, ln, 0)
+from tests.conftest import RawPeer
 
 
 @pytest.fixture
@@ -137,7 +108,7 @@ def test_roles_and_closed(region):
 
 def test_descriptor_changed_after_pop_changes_nothing(region):
     c = region.consumer(0)
-    peer = Peer(region)
+    peer = RawPeer(region)
     buf = region.buffer_offset(0)
     peer.publish(7, buf, 16)
     out = items()
@@ -160,7 +131,7 @@ def test_descriptor_changed_after_pop_changes_nothing(region):
 ])
 def test_hostile_descriptors_are_counted_and_returned(region, desc, reason):
     c = region.consumer(0)
-    peer = Peer(region)
+    peer = RawPeer(region)
     peer.publish(*desc(region))
     peer.publish(2, region.buffer_offset(1), 8)       # a good one after it
     out = items()
@@ -174,7 +145,7 @@ def test_hostile_descriptors_are_counted_and_returned(region, desc, reason):
 
 def test_user_flag_bits_pass_through(region):
     c = region.consumer(0)
-    peer = Peer(region)
+    peer = RawPeer(region)
     peer.publish(1, region.buffer_offset(0), 8, flags=0xabcd0000, user=77)
     out = items()
     assert c.pop(out) == 1
@@ -183,7 +154,7 @@ def test_user_flag_bits_pass_through(region):
 
 def test_scatter_gather(region):
     c = region.consumer(0)
-    peer = Peer(region)
+    peer = RawPeer(region)
     table = region.buffer_offset(0)
     b1, b2 = region.buffer_offset(1), region.buffer_offset(2)
     region.buffer(1)[:4] = b"abcd"
@@ -208,7 +179,7 @@ def test_scatter_gather(region):
 @pytest.mark.parametrize("entries", [[(0, 16)], [(1 << 63, 16)], [(None, 0)]])
 def test_bad_sg_entries(region, entries):
     c = region.consumer(0)
-    peer = Peer(region)
+    peer = RawPeer(region)
     table = region.buffer_offset(0)
     peer.write_sg(table, [(region.buffer_offset(1) if o is None else o, n) for o, n in entries])
     peer.publish(1, table, 16, flags=ioq.F_INDIRECT)
@@ -220,7 +191,7 @@ def test_bad_sg_entries(region, entries):
 
 def test_indirect_without_sg_scratch_is_refused(region):
     c = region.consumer(0)
-    peer = Peer(region)
+    peer = RawPeer(region)
     peer.publish(1, region.buffer_offset(0), 16, flags=ioq.F_INDIRECT)
     out = items()
     assert c.pop(out) == 1 and out[0]["status"] == ioq.BAD_REASONS.index("bad_sg_table")
@@ -230,7 +201,7 @@ def test_indirect_without_sg_scratch_is_refused(region):
 
 def test_max_len(region):
     c = region.consumer(0, max_len=32)
-    peer = Peer(region)
+    peer = RawPeer(region)
     peer.publish(1, region.buffer_offset(0), 33)
     out = items()
     assert c.pop(out) == 1 and out[0]["status"] == ioq.BAD_REASONS.index("too_long")
@@ -238,7 +209,7 @@ def test_max_len(region):
 
 def test_garbage_seq_is_not_ready(region):
     c = region.consumer(0)
-    peer = Peer(region)
+    peer = RawPeer(region)
     peer.write_slot(0, 1, region.buffer_offset(0), 8, seq=12345)   # not position 0's seq
     assert c.pop(items()) == 0 and c.ready() == 0
     peer.write_slot(0, 1, region.buffer_offset(0), 8)
@@ -247,7 +218,7 @@ def test_garbage_seq_is_not_ready(region):
 
 def test_garbage_consumer_index_breaks_the_producer_not_the_process(region):
     p = region.producer(0)
-    peer = Peer(region)
+    peer = RawPeer(region)
     for _ in range(8):
         p.put(b"x")
     peer.set_cons(0x7fffffff)                         # claims slots never written

@@ -4,8 +4,10 @@ and is removed (processes killed by pid) at teardown, pass or fail.  Nothing
 touches the root namespace."""
 import os
 import pathlib
+import selectors
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -53,9 +55,27 @@ def ns_python(ns, code, timeout=20):
     return r.stdout
 
 
-def ns_python_bg(ns, code):
-    return subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
-                            preexec_fn=lambda: _enter(ns))
+def ns_python_bg(ns, code, ready=None, timeout=10):
+    """Start `python -c code` in namespace ns.  With `ready`, wait (at most
+    `timeout` s) until a line of its stdout contains it: the code prints
+    it once it listens, so the caller need not guess how long that takes.
+    The lines up to it are consumed; communicate() returns the rest."""
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                         preexec_fn=lambda: _enter(ns))
+    if ready is None:
+        return p
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(p.stdout, selectors.EVENT_READ)
+        while True:
+            left = deadline - time.monotonic()
+            line = p.stdout.readline() if left > 0 and sel.select(left) else ""
+            if ready in line:
+                return p
+            if not line:
+                p.kill()
+                p.communicate()
+                raise AssertionError(f"the helper in {ns} did not say {ready!r} within {timeout} s")
 
 
 def _enter(ns):
@@ -72,3 +92,17 @@ def thread_cpus(pid):
                 if line.startswith("Cpus_allowed_list:"):
                     out[tid] = line.split()[1]
     return out
+
+
+def netns_names():
+    """The names of the network namespaces that exist now (ip netns list)."""
+    out = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, timeout=30).stdout
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def new_netns(before, prefix):
+    """Namespaces named `prefix`-... that exist now and did not at `before`
+    (a netns_names() result): the ones a command that names its lab
+    `prefix` made and has not removed.  Namespaces other programs make or
+    remove meanwhile do not count."""
+    return sorted(n for n in netns_names() - before if n.startswith(prefix + "-"))

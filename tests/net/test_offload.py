@@ -55,15 +55,15 @@ import socket, hashlib
 s = socket.socket(socket.AF_INET6 if ':' in '{dst_ip}' else socket.AF_INET)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 s.bind(('{dst_ip}', {port})); s.listen(1); s.settimeout(20)
+print('ready', flush=True)
 c, _ = s.accept(); c.settimeout(20); h = hashlib.sha256(); n = 0
 while True:
     d = c.recv(1 << 16)
     if not d: break
     h.update(d); n += len(d)
 print(n, h.hexdigest())
-""")
+""", ready="ready")
     try:
-        time.sleep(0.3)
         ns_python(src, f"""
 import socket
 block = bytes(range(256)) * 256
@@ -159,6 +159,7 @@ import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
 s.bind(('{A_IP}', 9000)); s.settimeout(3)
+print('ready', flush=True)
 seen = set(); bad = 0
 try:
     while len(seen) < {sends * 10}:
@@ -168,9 +169,8 @@ try:
 except socket.timeout:
     pass
 print(len(seen), bad)
-""")
+""", ready="ready")
     try:
-        time.sleep(0.3)
         ns_python(b, USO_SENDER.format(gso=True, sends=sends, dst=A_IP))
         got, bad = map(int, srv.communicate(timeout=30)[0].split())
     finally:
@@ -258,15 +258,15 @@ def test_send_with_metadata_reaches_the_kernel(kernel_side):
     srv = ns_python_bg(ns, f"""
 import socket
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(('{A_IP}', 9000)); s.settimeout(3)
+print('ready', flush=True)
 got = []
 try:
     while len(got) < 11: got.append(s.recv(65536))
 except socket.timeout:
     pass
 print(len(got), sum(len(d) for d in got), len(set(got)))
-""")
+""", ready="ready")
     try:
-        time.sleep(0.3)
         with fe.connect(sock) as bus:
             dev = bus.open("vt0", offloads="csum,uso")
             base = Ether(src=ME, dst=KMAC) / IP(src=B_IP, dst=A_IP) / UDP(sport=4000, dport=9000)
@@ -367,13 +367,10 @@ def test_scapy_socket_delivers_plain_checksummed_frames(kernel_side):
             dev = bus.open("vt0", offloads=offloads)
             assert bool(dev.offloads) == (offloads == "all")
             s = VenetSocket(device=dev)
-            sender = ns_python_bg(ns, "import time; time.sleep(0.5)\n" +
-                                  USO_SENDER.format(gso=True, sends=2, dst=B_IP))
-            try:
-                pkts = sniff(opened_socket=s, timeout=5, count=20,
-                             lfilter=lambda p: UDP in p and p[UDP].dport == 9000)
-            finally:
-                sender.wait(timeout=20)
+            # What the kernel sends waits in the ring until sniff() reads it.
+            ns_python(ns, USO_SENDER.format(gso=True, sends=2, dst=B_IP))
+            pkts = sniff(opened_socket=s, timeout=5, count=20,
+                         lfilter=lambda p: UDP in p and p[UDP].dport == 9000)
             assert len(pkts) == 20
             assert all(len(raw(p)) <= 1514 and _checksum_ok(raw(p)) for p in pkts)
             dev.close()
