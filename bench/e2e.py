@@ -2,7 +2,7 @@
 user would pick instead, measured by clients no one here wrote, in one run.
 
 For every topology and repeat, two namespaces are made, joined, measured
-and torn down (venet.topology.Lab).  Topologies:
+and torn down (tests.lab.Lab).  Topologies:
   veth        a veth pair: the kernel-only path (the RFC's "bare metal")
   venet       tap -> venet bridge -> rings -> venet attach -> tap
   venet-poll  the same with --poll-us (bounded busy-poll after work)
@@ -35,7 +35,7 @@ import subprocess
 import sys
 import time
 
-from venet.topology import Lab, cpu_seconds, rss_kib, run_in
+from tests.lab import Lab, cpu_seconds, rss_kib, run_in
 
 A, B = "10.77.0.1", "10.77.0.2"
 TOPOLOGIES = ("veth", "venet", "venet-poll", "venet-nooff", "venet-pin", "venet-any", "socat",

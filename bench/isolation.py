@@ -364,7 +364,7 @@ def _rx_packets(ns, ifname):
     """The kernel's rx_packets of `ifname` in `ns`, from `ip -j -s link`
     run inside it (a pyroute2 socket made for the namespace now and then
     did not find the link here)."""
-    from venet.topology import run_in
+    from tests.lab import run_in
     r = run_in(ns, ["ip", "-j", "-s", "link", "show", "dev", ifname], timeout=10)
     if r.returncode != 0:
         return None
@@ -446,7 +446,7 @@ def run_scenario(lab, kind, window, rate, probe_timeout, out):
 
 def main(json_path=None, quick=False, scenarios=SCENARIOS, out=sys.stdout, window=None, rate=None,
          probe_timeout=None):
-    from venet.topology import Lab
+    from tests.lab import Lab
     if os.geteuid() != 0:
         raise RuntimeError("the isolation bench needs root: it creates a namespace and taps")
     window = window or (1.5 if quick else 4.0)

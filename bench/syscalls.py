@@ -80,7 +80,7 @@ def _pending(fd):
 
 
 def main(json_path=None, n=N, out=sys.stdout):
-    from venet.topology import Lab, run_in
+    from tests.lab import Lab, run_in
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with Lab("vns") as lab:
         ns = lab.netns("s")

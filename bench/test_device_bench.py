@@ -14,7 +14,7 @@ import struct
 import pytest
 from scapy.all import ICMP, IP, Ether, raw
 
-from venet.topology import Lab, add_addr
+from tests.lab import Lab, add_addr
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="needs root for namespaces and taps")
 

@@ -2,13 +2,15 @@
 
 Errors a user can cause (bad arguments, a missing tap, a taken socket path)
 print one line and exit with status 2; no traceback.
+
+`venet bench ...` and `venet demo` run code of a source checkout (bench/,
+tests/lab.py) that the installed package does not hold; they find it by
+name at run time (_from_checkout), so nothing of the product imports it.
 """
 import argparse
 import sys
 
-
-class UsageError(Exception):
-    """A mistake on the command line or in the environment it names."""
+from venet.errors import UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -236,13 +238,35 @@ def _cmd_stats(args):
     return service.run_stats(args)
 
 
+def _from_checkout(name, command):
+    """Import module `name` of bench/ or tests/, which a source checkout has
+    and the installed package does not: where it is missing, a UsageError
+    that says where `venet COMMAND` runs."""
+    import importlib
+    import os
+    try:
+        return importlib.import_module(name)
+    except ModuleNotFoundError as e:
+        missing = e.name or ""
+        top = missing.split(".")[0]
+        if top not in ("bench", "tests"):
+            raise
+        parent, _, leaf = missing.rpartition(".")
+        pkg = sys.modules.get(parent)
+        if pkg is not None and any(os.path.exists(os.path.join(d, leaf + ".pyx"))
+                                   for d in getattr(pkg, "__path__", ())):
+            raise UsageError(f"{missing} is not built: run `make build` in the checkout")
+        raise UsageError(f"{top}/ is not part of the installed venet: run `python3 -m venet "
+                         f"{command}` in a source checkout of venet (after `make build`)")
+
+
 def _cmd_demo(args):
     from venet import demo
-    return demo.run(args)
+    return demo.run(args, _from_checkout("tests.lab", "demo"))
 
 
 def _cmd_bench_ring(args):
-    from bench import ring
+    ring = _from_checkout("bench.ring", "bench ring")
     try:
         ring.main(cpus=args.cpus, json_path=args.json, quick=args.quick)
     except ValueError as e:
@@ -251,7 +275,7 @@ def _cmd_bench_ring(args):
 
 
 def _cmd_bench_notify(args):
-    from bench import notify
+    notify = _from_checkout("bench.notify", "bench notify")
     try:
         notify.main(cpus=args.cpus, json_path=args.json, quick=args.quick)
     except ValueError as e:
@@ -260,7 +284,10 @@ def _cmd_bench_notify(args):
 
 
 def _topologies(text):
-    from bench.e2e import TOPOLOGIES
+    try:
+        TOPOLOGIES = _from_checkout("bench.e2e", "bench e2e").TOPOLOGIES
+    except UsageError as e:
+        raise argparse.ArgumentTypeError(str(e))
     names = tuple(t for t in text.split(",") if t)
     bad = [t for t in names if t not in TOPOLOGIES]
     if bad or not names:
@@ -273,7 +300,7 @@ def _cmd_bench_syscalls(args):
     import os
     if os.geteuid() != 0:
         raise UsageError("venet bench syscalls needs root (it makes a namespace and a tap)")
-    from bench import syscalls
+    syscalls = _from_checkout("bench.syscalls", "bench syscalls")
     syscalls.main(json_path=args.json, n=syscalls.N // 10 if args.quick else syscalls.N)
     return 0
 
@@ -282,7 +309,7 @@ def _cmd_bench_e2e(args):
     import os
     if os.geteuid() != 0:
         raise UsageError("venet bench e2e needs root: it creates network namespaces and taps")
-    from bench import e2e
+    e2e = _from_checkout("bench.e2e", "bench e2e")
     try:
         e2e.main(json_path=args.json, out_dir=args.out, quick=args.quick, repeats=args.repeats,
                  topologies=args.topologies or e2e.TOPOLOGIES)
@@ -295,7 +322,7 @@ def _cmd_bench_isolation(args):
     import os
     if os.geteuid() != 0:
         raise UsageError("venet bench isolation needs root: it creates a namespace and taps")
-    from bench import isolation
+    isolation = _from_checkout("bench.isolation", "bench isolation")
     try:
         isolation.main(json_path=args.json, quick=args.quick)
     except RuntimeError as e:

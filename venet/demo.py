@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from venet.cli import UsageError
+from venet.errors import UsageError
 
 ADDR_A, ADDR_B = "10.77.0.1", "10.77.0.2"
 
@@ -15,13 +15,14 @@ def _interrupt():
     raise KeyboardInterrupt
 
 
-def run(args):
+def run(args, labkit):
+    """`labkit` is tests/lab.py of the checkout (the namespaces and processes
+    harness), which the installed package does not hold."""
     if os.geteuid() != 0:
         raise UsageError("venet demo needs root: it creates network namespaces and taps")
     from venet.service import on_stop_signals, run_stats
-    from venet.topology import Lab, ping
     restore = on_stop_signals(_interrupt)     # SIGTERM ends the demo like Ctrl-C
-    lab = Lab("venet-demo")
+    lab = labkit.Lab("venet-demo")
     try:
         ns_a, ns_b = lab.netns("a"), lab.netns("b")
         sock = lab.socket_path()
@@ -32,7 +33,7 @@ def run(args):
         lab.addr(ns_a, "vt0", ADDR_A)
         lab.addr(ns_b, "vt1", ADDR_B)
         print(f"{ns_a}: vt0 {ADDR_A}/24  <- bridge -> rings -> attach ->  {ns_b}: vt1 {ADDR_B}/24")
-        rtts, out = ping(ns_a, ADDR_B, args.count)
+        rtts, out = labkit.ping(ns_a, ADDR_B, args.count)
         if not rtts:
             print(out.strip())
             print("demo: no replies came back", file=sys.stderr)

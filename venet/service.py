@@ -7,7 +7,7 @@ import sys
 import threading
 
 from venet import control
-from venet.cli import UsageError
+from venet.errors import UsageError
 
 
 def _enter_netns(ns):

@@ -1,4 +1,4 @@
-"""Fixtures for tests that need root, on top of venet.topology.Lab: every
+"""Fixtures for tests that need root, on top of tests.lab.Lab: every
 namespace, tap, veth, address and process a test makes lives in its lab
 and is removed (processes killed by pid) at teardown, pass or fail.  Nothing
 touches the root namespace."""
@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.conftest import IS_ROOT
-from venet.topology import ROOT, Lab, add_addr, ping, run_in  # noqa: F401 (re-exported)
+from tests.lab import ROOT, Lab, add_addr, ping, run_in  # noqa: F401 (re-exported)
 
 pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root for network namespaces and taps")
 

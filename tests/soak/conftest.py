@@ -1,7 +1,7 @@
 """Helpers of the fault and load loops (opt-in: `make soak`, marker `soak`).
 
 Every loop is bounded in count and time, makes its own namespaces (through
-venet.topology.Lab), and kills only the processes it started, by pid.  What
+tests.lab.Lab), and kills only the processes it started, by pid.  What
 a process holds is counted from /proc: its fds by kind (memfds, eventfds,
 sockets), its threads, its resident memory; taps and link counters are
 read inside the loop's own namespaces (with `ip -j`).  Each loop prints one
@@ -19,7 +19,7 @@ import time
 import pytest
 
 from tests.conftest import IS_ROOT
-from venet.topology import Lab
+from tests.lab import Lab
 
 # SOAK_MINUTES: length of the iperf3 + ping run (default 10; 1 for a quick check).
 MINUTES = float(os.environ.get("SOAK_MINUTES", "10"))
@@ -79,7 +79,7 @@ def taps(ns):
     """Names of the tun/tap links in namespace `ns` (`ip -j -d link` run
     inside it: a pyroute2 socket made for a namespace now and then did not
     see links that were there, on this host)."""
-    from venet.topology import run_in
+    from tests.lab import run_in
     r = run_in(ns, ["ip", "-j", "-d", "link", "show"], timeout=10)
     if r.returncode != 0:
         raise RuntimeError(f"ip link in {ns}: {r.stderr.strip()}")
@@ -90,7 +90,7 @@ def taps(ns):
 def link_stats(ns, ifname):
     """The kernel's packet counters of `ifname` in `ns` (stats64), from
     `ip -j -s link` run inside the namespace."""
-    from venet.topology import run_in
+    from tests.lab import run_in
     r = run_in(ns, ["ip", "-j", "-s", "link", "show", "dev", ifname], timeout=10)
     if r.returncode != 0:
         raise RuntimeError(f"{ifname} in {ns}: {r.stderr.strip()}")

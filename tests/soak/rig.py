@@ -7,7 +7,7 @@ the lab's close() kills it by pid even when a loop fails half-way.
 import subprocess
 import time
 
-from venet.topology import _setns, run_in
+from tests.lab import _setns, run_in
 
 from .conftest import drain, link_stats, reap, wait_for
 

@@ -1,9 +1,11 @@
 """Throwaway network labs: namespaces, veth pairs, venet processes and
 addresses, all removed by close() (also when something failed half-way).
 
-Used by `venet demo` and `venet bench bridge`.  Addresses are whatever the
-caller gives (10.77.x.y by convention) and live only inside the namespaces
-made here; processes are killed by their own pids.
+Used by `venet demo`, the benchmarks (bench/) and the tests that need root
+(tests/net, tests/soak); not part of the installed package.  Addresses are
+whatever the caller gives (10.77.x.y by convention) and live only inside
+the namespaces made here; processes are killed by their own pids.  The
+venet processes run from this checkout (ROOT).
 """
 import os
 import re

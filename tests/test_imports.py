@@ -1,0 +1,278 @@
+"""The product's import graph: layers point down only (shmsignal <- ioq <-
+venet), no cycles, and nothing of bench/ or tests/, which are not part of
+the installed package.  The graph is read from the sources (ast for .py; the
+import and cimport lines of .pyx/.pxd), module-level and function-level
+imports alike; each product module is then imported alone in a fresh
+interpreter that sees only the three product packages, as an installed
+wheel would."""
+import ast
+import os
+import re
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PRODUCT = ("shmsignal", "ioq", "venet")
+LAYER = {"shmsignal": 0, "ioq": 1, "venet": 2}
+CHECKOUT_ONLY = ("bench", "tests")
+SOURCES = (".py", ".pyx", ".pxd")
+
+# `from X cimport ...`, `from X import ...`, `cimport X, Y`, `import X as Z`:
+# the statements of a Cython file, read without compiling it.
+_CY_FROM = re.compile(r"^[ \t]*from[ \t]+(\.*[\w.]*)[ \t]+c?import[ \t]+(\([^)]*\)|.*(?:\\\n.*)*)", re.M)
+_CY_IMPORT = re.compile(r"^[ \t]*c?import[ \t]+([\w.]+(?:[ \t]+as[ \t]+\w+)?(?:[ \t]*,[ \t]*[\w.]+(?:[ \t]+as[ \t]+\w+)?)*)",
+                        re.M)
+_CY_STRINGS = re.compile(r'("""|\'\'\')(?:.|\n)*?\1|#[^\n]*')
+
+
+def find_modules(root, packages=PRODUCT):
+    """{dotted name: [paths]} of every .py/.pyx/.pxd under `packages` (a
+    .pyx and its .pxd are one module; a package is its __init__)."""
+    mods = {}
+    for pkg in packages:
+        for dirpath, dirnames, filenames in os.walk(os.path.join(root, pkg)):
+            dirnames[:] = [d for d in dirnames if not d.startswith((".", "__pycache__"))]
+            for f in filenames:
+                stem, ext = os.path.splitext(f)
+                if ext not in SOURCES:
+                    continue
+                rel = os.path.relpath(os.path.join(dirpath, stem), root).split(os.sep)
+                if rel[-1] == "__init__":
+                    rel = rel[:-1]
+                mods.setdefault(".".join(rel), []).append(os.path.join(dirpath, f))
+    return mods
+
+
+def _is_package(paths):
+    return any(os.path.basename(p).startswith("__init__.") for p in paths)
+
+
+def _absolute(module, is_pkg, level, name):
+    """The absolute name of `from <level dots><name>` inside `module`."""
+    if not level:
+        return name
+    base = module.split(".")
+    base = base[:len(base) - level + (1 if is_pkg else 0)]
+    return ".".join(base + ([name] if name else []))
+
+
+def raw_imports(path, module, is_pkg):
+    """Dotted names a source file imports, anywhere in it: for `from X
+    import a` both X and X.a (the caller keeps those that are modules)."""
+    with open(path, encoding="utf-8") as f:
+        text = f.read()
+    names = set()
+    if path.endswith(".py"):
+        for node in ast.walk(ast.parse(text, path)):
+            if isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+            elif isinstance(node, ast.ImportFrom):
+                base = _absolute(module, is_pkg, node.level, node.module or "")
+                names.add(base)
+                names.update(f"{base}.{a.name}" for a in node.names if a.name != "*")
+        return names
+    text = _CY_STRINGS.sub("", text)
+    for m in _CY_FROM.finditer(text):
+        dots = len(m.group(1)) - len(m.group(1).lstrip("."))
+        base = _absolute(module, is_pkg, dots, m.group(1).lstrip("."))
+        names.add(base)
+        for a in m.group(2).strip("()").replace("\\\n", " ").split(","):
+            a = a.split(" as ")[0].strip()
+            if a and a != "*":
+                names.add(f"{base}.{a}")
+    for m in _CY_IMPORT.finditer(text):
+        names.update(a.split(" as ")[0].strip() for a in m.group(1).split(","))
+    return names
+
+
+def import_graph(root, packages=PRODUCT, outside=CHECKOUT_ONLY):
+    """(edges, foreign): edges {module: set of product modules it imports,
+    the packages that run on the way included}; foreign {module: names of
+    `outside` packages it imports}."""
+    mods = find_modules(root, packages)
+    edges, foreign = {}, {}
+    for mod, paths in mods.items():
+        is_pkg = _is_package(paths)
+        out = set()
+        for path in paths:
+            for name in raw_imports(path, mod, is_pkg):
+                top = name.split(".")[0]
+                if top in outside:
+                    foreign.setdefault(mod, set()).add(name)
+                    continue
+                if top not in packages:
+                    continue
+                parts = name.split(".")
+                # Importing a.b.c runs a, a.b and a.b.c; a module's own
+                # packages are already running when it is imported.
+                for i in range(1, len(parts) + 1):
+                    target = ".".join(parts[:i])
+                    if target in mods and target != mod and not mod.startswith(target + "."):
+                        out.add(target)
+        edges[mod] = out
+    return edges, foreign
+
+
+def cycles(edges):
+    """The strongly connected components with more than one module
+    (Tarjan), each as a sorted list."""
+    index, low, stack, on, found = {}, {}, [], set(), []
+
+    def visit(v):
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in edges.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(edges):
+        if v not in index:
+            visit(v)
+    return sorted(found)
+
+
+def upward(edges, layer=LAYER):
+    """Imports from a lower layer into a higher one, as 'a -> b'."""
+    return sorted(f"{a} -> {b}" for a, targets in edges.items() for b in targets
+                  if layer[b.split(".")[0]] > layer[a.split(".")[0]])
+
+
+def python_only(root, edges):
+    """The edges written in .py files only (a Cython file's cimports of
+    another Cython module are left out)."""
+    mods = find_modules(root)
+    py = {m for m, paths in mods.items() if any(p.endswith(".py") for p in paths)}
+    return {a: {b for b in t if b in py} for a, t in edges.items() if a in py}
+
+
+# --- the checker itself must be able to fail ---------------------------------
+
+def _tree(tmp_path, files):
+    for rel, text in files.items():
+        p = tmp_path / rel
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_text(textwrap.dedent(text))
+    return str(tmp_path)
+
+
+def test_checker_finds_a_cycle_an_upward_import_and_a_checkout_import(tmp_path):
+    root = _tree(tmp_path, {
+        "shmsignal/__init__.py": "",
+        "shmsignal/_signal.pyx": "from libc.string cimport memcpy\nfrom ioq.abi cimport ioq_desc_t\n",
+        "ioq/__init__.py": "from ioq._ring import Ring\n",
+        "ioq/abi.pxd": "cdef struct ioq_desc_t:\n    int x\n",
+        "ioq/_ring.pyx": "from libc.stdint cimport (uint32_t,\n    uint64_t)\n"
+                         "# from venet import abi (a comment, not an import)\n"
+                         "from ioq._region cimport Region\n",
+        "ioq/_region.pyx": "def producer():\n    from ioq._ring import Ring\n",
+        "venet/__init__.py": "",
+        "venet/cli.py": "def run():\n    from venet import service\n    from bench import ring\n",
+        "venet/service.py": "from .cli import UsageError\n",
+        "venet/devices/__init__.py": "",
+        "venet/devices/tap.py": "from .. import abi\nimport tests.lab as lab\n",
+        "venet/abi.py": "'''from venet import cli (prose, not an import)'''\n",
+    })
+    edges, foreign = import_graph(root)
+    assert cycles(edges) == [["ioq._region", "ioq._ring"], ["venet.cli", "venet.service"]]
+    assert upward(edges) == ["shmsignal._signal -> ioq", "shmsignal._signal -> ioq.abi"]
+    assert foreign == {"venet.cli": {"bench", "bench.ring"}, "venet.devices.tap": {"tests.lab"}}
+    assert edges["venet.devices.tap"] == {"venet.abi"}
+    assert "venet.cli" not in edges["venet.abi"]
+    assert cycles(python_only(root, edges)) == [["venet.cli", "venet.service"]]
+
+
+# --- the product -------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def graph():
+    return import_graph(ROOT)
+
+
+def test_product_imports_nothing_of_bench_or_tests(graph):
+    _, foreign = graph
+    assert foreign == {}, f"product modules import checkout-only packages: {foreign}"
+
+
+def test_layers_point_down(graph):
+    edges, _ = graph
+    assert upward(edges) == [], "shmsignal <- ioq <- venet: a lower layer imports a higher one"
+
+
+def test_no_import_cycle_in_python_modules(graph):
+    edges, _ = graph
+    assert cycles(python_only(ROOT, edges)) == []
+
+
+@pytest.mark.xfail(strict=True, reason="ioq._region imports ioq._ring inside producer()/consumer() "
+                                       "while ioq._ring cimports ioq._region; the Ring API rework "
+                                       "removes it (then drop this mark)")
+def test_no_import_cycle(graph):
+    edges, _ = graph
+    assert cycles(edges) == []
+
+
+def _product_only_tree(tmp_path):
+    """A directory holding only the product packages (links to the built
+    checkout's), as site-packages holds them after installing the wheel."""
+    for pkg in PRODUCT:
+        os.symlink(os.path.join(ROOT, pkg), tmp_path / pkg)
+    return str(tmp_path)
+
+
+def _run_isolated(tree, code, timeout=60):
+    """python -I (no PYTHONPATH, no current directory on the path) with only
+    `tree` added to sys.path."""
+    return subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {tree!r}); {code}"],
+                          capture_output=True, text=True, timeout=timeout, cwd=tree)
+
+
+def test_each_module_imports_alone_without_bench_or_tests(tmp_path):
+    tree = _product_only_tree(tmp_path)
+    mods = find_modules(ROOT)
+    runnable = sorted(m for m, paths in mods.items()
+                      if any(p.endswith((".py", ".pyx")) for p in paths) and not m.endswith("__main__"))
+    assert {"shmsignal", "ioq._ring", "venet.cli", "venet.devices._pump"} <= set(runnable)
+    check = ("import importlib; importlib.import_module(MOD); "
+             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('bench', 'tests')); "
+             "assert not bad, bad")
+    failed = {}
+    for mod in runnable:
+        r = _run_isolated(tree, check.replace("MOD", repr(mod)))
+        if r.returncode != 0:
+            failed[mod] = r.stderr.strip().splitlines()[-1:]
+    assert failed == {}
+
+
+@pytest.mark.parametrize("argv,needs", [
+    (["bench", "ring", "--quick"], "bench"),
+    (["bench", "e2e", "--topologies", "veth"], "bench"),
+    (["demo"], "tests"),
+])
+def test_checkout_commands_say_how_to_get_them(tmp_path, argv, needs):
+    """Where bench/ and tests/ are not importable (an installed wheel),
+    `venet bench ...` and `venet demo` exit 2 with one line saying where
+    they run."""
+    tree = _product_only_tree(tmp_path)
+    r = _run_isolated(tree, f"from venet.cli import main; sys.exit(main({argv!r}))")
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2, r.stderr
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"{needs}/ is not part of the installed venet" in lines[0]
+    assert "source checkout" in lines[0]
