@@ -2,13 +2,19 @@
 # Each installs what it needs first (as root on Debian: apt and pip).
 PY ?= python3
 
-.PHONY: deps build demo test fuzz asan-test bench bench-save bench-compare bench-ring bench-e2e bench-notify bench-syscalls bench-docs soak clean
+.PHONY: deps build wheel demo test fuzz asan-test bench bench-save bench-compare bench-ring bench-e2e bench-notify bench-syscalls bench-docs soak clean
 
 deps:
 	bash scripts/install-deps.sh
 
 build:
 	$(PY) setup.py build_ext --inplace -q
+
+# The installable package: shmsignal, ioq and venet only (bench/ and tests/
+# stay in the checkout); lists what the wheel holds.
+wheel:
+	rm -rf build/dist && $(PY) -m pip wheel . -w build/dist --no-deps --no-build-isolation -q
+	$(PY) -m zipfile -l build/dist/venet-*.whl
 
 demo: deps build
 	$(PY) -m venet demo

@@ -14,11 +14,16 @@ switching, or setuptools keeps the objects of the other build:
 `make asan-test` does this in a copy of the tree (build/asan/), so the
 in-place build that `make test` uses is never an ASan one; see
 docs/fuzzing.md.
+
+The benchmark extensions (bench.*) are built only in place, for a checkout
+(`make build`); a wheel holds shmsignal, ioq and venet alone (the packages
+pyproject.toml lists).
 """
 import os
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("VENET_DEBUG") == "1"
 INCLUDE = ["shmsignal/includes", "ioq", "venet"]
@@ -42,10 +47,36 @@ def ext(name):
                      extra_link_args=ASAN)
 
 
+CHECKOUT_ONLY = ("bench.",)
+
+
+class BuildExt(build_ext):
+    """build_ext that leaves the checkout-only extensions out of anything
+    but an in-place build, so that `pip wheel .` and `pip install .` carry
+    no benchmark code."""
+
+    def finalize_options(self):
+        super().finalize_options()
+        self.left_out = []
+        if not self.inplace:
+            self.left_out = [e.name for e in self.extensions if e.name.startswith(CHECKOUT_ONLY)]
+            self.extensions = [e for e in self.extensions if e.name not in self.left_out]
+
+    def run(self):
+        super().run()
+        # An in-place build compiles into build/lib* too, and a wheel takes
+        # everything it finds there.
+        for name in self.left_out:
+            path = self.get_ext_fullpath(name)
+            if os.path.exists(path):
+                os.unlink(path)
+
+
 directives = {"language_level": "3", "boundscheck": DEBUG, "wraparound": False,
               "cdivision": True, "embedsignature": True}
 if os.environ.get("VENET_CYTHON_TRACE") == "1":
     directives["linetrace"] = True
 
-setup(ext_modules=cythonize([ext(m) for m in MODULES], compiler_directives=directives,
+setup(cmdclass={"build_ext": BuildExt},
+      ext_modules=cythonize([ext(m) for m in MODULES], compiler_directives=directives,
                             include_path=["."]))

@@ -276,3 +276,31 @@ def test_checkout_commands_say_how_to_get_them(tmp_path, argv, needs):
     assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
     assert f"{needs}/ is not part of the installed venet" in lines[0]
     assert "source checkout" in lines[0]
+
+
+def test_not_built_checkout_says_build(tmp_path):
+    """A checkout whose benchmark extension was never built is told to
+    build, not that it is no checkout."""
+    tree = _product_only_tree(tmp_path)
+    (tmp_path / "bench").mkdir()
+    (tmp_path / "bench" / "__init__.py").write_text("")
+    (tmp_path / "bench" / "_ringbench.pyx").write_text("")
+    (tmp_path / "bench" / "ring.py").write_text("from bench import _ringbench\n")
+    r = _run_isolated(tree, "from venet.cli import main; sys.exit(main(['bench', 'ring']))")
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip() == "venet: error: bench._ringbench is not built: run `make build` in the checkout"
+
+
+def test_wheel_packages_are_the_product():
+    """The packages pyproject.toml puts into a wheel: every package under
+    shmsignal/, ioq/ and venet/, and nothing else."""
+    tomllib = pytest.importorskip("tomllib")
+    from setuptools import find_packages
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        cfg = tomllib.load(f)["tool"]["setuptools"]
+    packages = cfg["packages"]
+    found = (set(packages) if isinstance(packages, list)
+             else set(find_packages(ROOT, include=packages["find"]["include"])))
+    expected = {m for m, paths in find_modules(ROOT).items() if _is_package(paths)}
+    assert found == expected
+    assert not {p for p in found if p.split(".")[0] in CHECKOUT_ONLY}

@@ -241,23 +241,38 @@ def _cmd_stats(args):
 def _from_checkout(name, command):
     """Import module `name` of bench/ or tests/, which a source checkout has
     and the installed package does not: where it is missing, a UsageError
-    that says where `venet COMMAND` runs."""
+    that says where `venet COMMAND` runs (or, in a checkout not built yet,
+    to build it)."""
     import importlib
-    import os
     try:
         return importlib.import_module(name)
-    except ModuleNotFoundError as e:
+    except ImportError as e:
         missing = e.name or ""
         top = missing.split(".")[0]
         if top not in ("bench", "tests"):
             raise
-        parent, _, leaf = missing.rpartition(".")
-        pkg = sys.modules.get(parent)
-        if pkg is not None and any(os.path.exists(os.path.join(d, leaf + ".pyx"))
-                                   for d in getattr(pkg, "__path__", ())):
-            raise UsageError(f"{missing} is not built: run `make build` in the checkout")
+        if not (isinstance(e, ModuleNotFoundError) and missing in (top, name)):
+            unbuilt = _unbuilt(sys.modules.get(top))
+            if not unbuilt:
+                raise
+            raise UsageError(f"{top}.{unbuilt[0]} is not built: run `make build` in the checkout")
         raise UsageError(f"{top}/ is not part of the installed venet: run `python3 -m venet "
                          f"{command}` in a source checkout of venet (after `make build`)")
+
+
+def _unbuilt(package):
+    """Names of the Cython modules of `package` with no built extension
+    beside their .pyx."""
+    import os
+    from importlib.machinery import EXTENSION_SUFFIXES
+    out = []
+    for d in getattr(package, "__path__", ()):
+        for f in sorted(os.listdir(d)):
+            stem, ext = os.path.splitext(f)
+            if ext == ".pyx" and not any(os.path.exists(os.path.join(d, stem + suffix))
+                                         for suffix in EXTENSION_SUFFIXES):
+                out.append(stem)
+    return out
 
 
 def _cmd_demo(args):
