@@ -82,9 +82,8 @@ def buf_size_for(mtu):
     """Per-slot buffer bytes for a device of this MTU: one MTU frame with
     the offload record (or the tap's vnet header) before it.  Larger frames
     (GSO) span consecutive slots as an F_MORE chain.  Smaller buffers work
-    too (every frame then chains), but cost throughput: at MTU 9000 with
-    offloads, 2 KiB buffers (33 slots per 64 KiB frame) moved 10-15% less
-    TCP than 9 KiB ones (8 slots) in A/B runs here."""
+    too (every frame then chains), but cost throughput: more slots, kicks
+    and iovecs per GSO frame (docs/architecture.md has the measurement)."""
     return max(2048, (META_SIZE + mtu + ETH_HLEN + 63) // 64 * 64)
 
 

@@ -1,6 +1,8 @@
 """The frontend (the vbus-enet driver, in a process of its own).
 
-    with venet.connect("/run/venet.sock") as bus:
+    import venet.frontend as fe
+
+    with fe.connect("/run/venet/venet.sock") as bus:
         dev = bus.open("vt0")
         dev.send(frame)
         frame = dev.recv(timeout=1)

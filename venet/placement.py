@@ -10,19 +10,20 @@
         the bulk stopped; then it goes home.
 
 Why: the two pumps of a device kick each other for nearly every 64 KiB
-frame, and on a VM a wake-up on the other vCPU costs about 31 us against
-about 1 us on the same one.  Meeting on one CPU during bulk transfers moved
-TCP from 0.59x to about 0.8x a veth pair here.  Small-frame conversations
-go the other way: with both pumps on one CPU for good, round trips were
-1.6x longer (the applications queue behind them), and left to the
-scheduler the pumps migrate about 1.5 times per round trip; on two CPUs of
-their own each pump draws its side's application next to it, and round
-trips were about 3% shorter and steadier than the scheduler's
-(docs/architecture.md).  The bridge and the attach are two processes that
-never discuss this: both derive the CPUs from the device's name, so they
-agree, and different devices spread over the CPUs.  A pinned pump cannot
-flee a CPU that other work keeps busy: on such a machine choose `any`, or
-give the device CPUs of its own with N.
+frame, and on a VM a wake-up on another vCPU costs many times one on the
+same CPU, so during bulk transfers the pumps meet on one CPU.  Small-frame
+conversations go the other way: with both pumps on one CPU for good the
+applications queue behind them, and left to the scheduler the pumps
+migrate more than once per round trip; on two CPUs of their own each pump
+draws its side's application next to it, and round trips are shorter and
+steadier than the scheduler's.  The measurements, with the commands that
+made them: docs/architecture.md, "Where the pumps run".
+
+The bridge and the attach are two processes that never discuss this: both
+derive the CPUs from the device's name, so they agree, and different
+devices spread over the CPUs.  A pinned pump cannot flee a CPU that other
+work keeps busy: on such a machine choose `any`, or give the device CPUs of
+its own with N.
 """
 import logging
 import os
