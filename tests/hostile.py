@@ -7,10 +7,14 @@ backend rings), so the same test runs against a backend that checks fds and
 one that does not.
 """
 import os
+import pickle
+import select
+import signal
 import socket
 import struct
 import threading
 import time
+import traceback
 
 import ioq
 from venet import abi, bridge
@@ -148,3 +152,54 @@ def call_with_deadline(fn, timeout):
     t.start()
     t.join(timeout)
     return (not t.is_alive()), box.get("r"), t
+
+
+def run_isolated(fn, timeout):
+    """Run fn() in a forked child and return its result.  A backend call
+    that blocks a thread (with the GIL held, nothing else in the process
+    would run) then costs the child, killed at the deadline, not the test
+    run: AssertionError says so.  An exception in fn comes back as an
+    AssertionError carrying its traceback."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        status = 0
+        try:
+            os.close(r)
+            try:
+                out = ("ok", fn())
+            except BaseException:
+                out = ("err", traceback.format_exc())
+            data = pickle.dumps(out)
+            while data:
+                data = data[os.write(w, data):]
+        except BaseException:
+            status = 1
+        finally:
+            os._exit(status)
+    os.close(w)
+    chunks = []
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([r], [], [], left)[0]:
+                raise AssertionError(f"the scenario did not finish within {timeout} s: "
+                                     "a backend call blocked")
+            chunk = os.read(r, 1 << 16)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    finally:
+        os.close(r)
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+    if not chunks:
+        raise AssertionError("the scenario's process died without a word")
+    kind, value = pickle.loads(b"".join(chunks))
+    if kind == "err":
+        raise AssertionError("in the scenario's process:\n" + value)
+    return value
