@@ -47,6 +47,7 @@ def test_ring_put_never_blocks_on_a_full_blocking_socket_doorbell():
 def test_failed_kick_is_counted_not_raised():
     creator = Region.create([8], buf_size=64)
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    a.setblocking(False)
     fd, pairs = creator.handoff()
     peer = Region.attach(fd, [(pairs[0][0], b.fileno())])
     try:
