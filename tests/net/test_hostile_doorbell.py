@@ -10,7 +10,6 @@ import pytest
 import ioq
 import venet.frontend as fe
 from tests import hostile
-from tests.net.conftest import ns_ipr  # noqa: F401 (the module's root skip)
 from venet import abi, control
 
 REPLY_DEADLINE = 2.0
