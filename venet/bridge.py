@@ -237,6 +237,11 @@ class Device:
 
     def close(self):
         self.reset()
+        if self.parked:
+            # A live pump still uses the tap fd's number: closing it could
+            # hand that number to another file under the pump.
+            log.error("device %s: a pump has not stopped; its tap stays open", self.name)
+            return
         if self.tap_fd >= 0:
             os.close(self.tap_fd)
             self.tap_fd = -1
