@@ -48,7 +48,7 @@ cdef inline void _notify(ioq_ring_t *r, int mode) noexcept nogil:
         shmsig_inject(&r.sig)
     elif mode == MODE_ALWAYS:
         r.sig.kicks_sent += 1
-        shmsig_kick_fd(r.sig.kick_fd)
+        shmsig_kick_fd(r.sig.kick_fd, r.sig.kick_kind)
 
 
 cdef inline void _sleep_step(ioq_ring_t *r, int mode, int64_t poll_ns) noexcept nogil:

@@ -3,8 +3,8 @@ sealed shared-memory region, with a buffer pool in the same region."""
 import numpy as np
 
 from ioq._region import (DESC_SIZE, HDR_SIZE, MAGIC, MAX_COUNT, MAX_RINGS, MAX_SG_LIMIT,
-                         RING_HDR_SIZE, SG_SIZE, VERSION, IoqError, Region, RegionError, layout,
-                         ring_bytes)
+                         RING_HDR_SIZE, SG_SIZE, VERSION, IoqError, Region, RegionError,
+                         check_doorbells, describe_fd, layout, ring_bytes)
 from ioq._ring import BAD_REASONS, F_INDIRECT, F_USER_MASK, Ring, RingBroken
 
 # The descriptor as it sits in the ring (docs/abi.md).
@@ -21,4 +21,4 @@ assert DESC_DTYPE.itemsize == DESC_SIZE and SG_DTYPE.itemsize == SG_SIZE and ITE
 __all__ = ["BAD_REASONS", "DESC_DTYPE", "DESC_SIZE", "F_INDIRECT", "F_USER_MASK", "HDR_SIZE",
            "ITEM_DTYPE", "IoqError", "MAGIC", "MAX_COUNT", "MAX_RINGS", "MAX_SG_LIMIT",
            "RING_HDR_SIZE", "Region", "RegionError", "Ring", "RingBroken", "SG_DTYPE", "SG_SIZE",
-           "VERSION", "layout", "ring_bytes"]
+           "VERSION", "check_doorbells", "describe_fd", "layout", "ring_bytes"]

@@ -11,7 +11,11 @@ cdef class Region:
     cdef ioq_region_hdr_t hdr       # private, validated copy of the header
     cdef readonly int fd
     cdef readonly bint creator
-    cdef readonly list eventfds
+    cdef readonly list doorbells    # per ring: (producer's wait fd, consumer's wait fd), as held here
+    cdef list _kinds                # per ring: the SHMSIG_FD_* kind of each of those fds
+    cdef list _handoff              # per ring: the pair the peer gets (creator)
+    cdef list _own                  # fds only handoff() hands out (peer socket ends)
+    cdef readonly tuple roles       # the role this process declared per ring, or None
     cdef object _rings              # weakref.WeakSet of Ring
     cdef object __weakref__
 

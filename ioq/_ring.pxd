@@ -14,6 +14,8 @@ cdef class Ring:
     cdef uint64_t _pair_off         # first paired buffer (0: none)
     cdef uint32_t _buf_size
     cdef int64_t _poll_ns
+    cdef int _epfd                  # private epoll watching an EDGE wait fd
+    cdef bint _have_epfd            # zero-initialised, so a failed __cinit__ closes nothing
     cdef ioq_desc_t *_descs         # scratch, `count` entries
     cdef ioq_item_t *_items         # scratch, `count` entries
     cdef ioq_sg_t *_sg              # scratch, max_sg entries per item batch

@@ -13,10 +13,12 @@ from cpython.buffer cimport (PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABL
                              PyBUF_SIMPLE, PyBUF_ND, PyBUF_C_CONTIGUOUS, PyBUF_FORMAT)
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 from shmsignal.shmsig cimport *
+from shmsignal.includes.osdefs cimport (epoll_create1, epoll_ctl, epoll_event, EPOLL_CLOEXEC,
+                                        EPOLL_CTL_ADD, EPOLLIN, EPOLLET)
 from ioq.abi cimport *
 from ioq.ring cimport *
 from ioq._region cimport Region
-from ioq._region import IoqError
+from ioq._region import IoqError, _doorbell_kind
 
 ROLE_PRODUCER = IOQ_ROLE_PRODUCER
 ROLE_CONSUMER = IOQ_ROLE_CONSUMER
@@ -32,7 +34,11 @@ class RingBroken(IoqError):
 cdef class Ring:
     """One end of ring `index` of a region: role 0 produces, 1 consumes.
 
-    wait_fd/kick_fd default to the region's eventfd pair for the ring.
+    wait_fd/kick_fd default to the region's doorbell pair for the ring (an
+    fd given here is an eventfd or a stream socket, told apart by fstat).
+    A doorbell the region says must never be read (an eventfd the peer
+    shares, after a checked attach) is watched through a private
+    edge-triggered epoll fd, which is then what fileno() returns.
     poll_us bounds the busy-poll before sleeping in blocking calls.
     max_len (consumer) refuses buffers or chains longer than this.
     """
@@ -43,18 +49,38 @@ cdef class Ring:
         self._descs = NULL
         self._items = NULL
         self._sg = NULL
+        self._epfd = -1
         region._check_open()
         region._ring_index(index)
         if role not in (IOQ_ROLE_PRODUCER, IOQ_ROLE_CONSUMER):
             raise ValueError(f"role must be 0 (producer) or 1 (consumer), not {role}")
+        region._role_allowed(index, role)
         cdef int wfd = -1, kfd = -1
-        if region.eventfds:
-            pfd, cfd = region.eventfds[index]
+        cdef int wk = SHMSIG_FD_EVENTFD, kk = SHMSIG_FD_EVENTFD
+        cdef epoll_event ev
+        if region.doorbells:
+            pfd, cfd = region.doorbells[index]
+            pk, ck = region.doorbell_kinds(index)
             wfd, kfd = (pfd, cfd) if role == IOQ_ROLE_PRODUCER else (cfd, pfd)
+            wk, kk = (pk, ck) if role == IOQ_ROLE_PRODUCER else (ck, pk)
         if wait_fd is not None:
             wfd = wait_fd
+            wk = _doorbell_kind(wfd)
         if kick_fd is not None:
             kfd = kick_fd
+            kk = _doorbell_kind(kfd)
+        if kk == SHMSIG_FD_EDGE:
+            # Never written by this end: an EDGE fd is one it waits on.
+            raise IoqError(f"ring {index}: the doorbell to ring is one this process must not write")
+        if wk == SHMSIG_FD_EDGE and wfd >= 0:
+            self._epfd = epoll_create1(EPOLL_CLOEXEC)
+            if self._epfd < 0:
+                raise OSError(errno, f"epoll_create1: {os.strerror(errno)}")
+            self._have_epfd = True
+            ev.events = EPOLLIN | EPOLLET
+            ev.data.u64 = 0
+            if epoll_ctl(self._epfd, EPOLL_CTL_ADD, wfd, &ev) < 0:
+                raise OSError(errno, f"epoll_ctl add doorbell fd {wfd}: {os.strerror(errno)}")
         self.region = region
         self.index = index
         self.role = role
@@ -65,6 +91,7 @@ cdef class Ring:
                     region.hdr.max_sg, role, wfd, kfd) != 0:
             PyBuffer_Release(&self._view)
             raise RingBroken(f"ring {index}: shared indices are inconsistent")
+        shmsig_set_kinds(&self.r.sig, wk, self._epfd if self._have_epfd else wfd, kk)
         if max_len is not None:
             if not 0 < max_len <= 0xffffffff:
                 PyBuffer_Release(&self._view)
@@ -86,6 +113,8 @@ cdef class Ring:
     def __dealloc__(self):
         if self._open:
             PyBuffer_Release(&self._view)
+        if self._have_epfd:
+            os.close(self._epfd)
         free(self._descs)
         free(self._items)
         free(self._sg)
@@ -94,6 +123,11 @@ cdef class Ring:
         if self._open:
             self._open = False
             PyBuffer_Release(&self._view)
+        if self._have_epfd:
+            self._have_epfd = False
+            os.close(self._epfd)
+            self._epfd = -1
+            self.r.sig.sleep_fd = -1
 
     def __enter__(self):
         return self
@@ -132,8 +166,13 @@ cdef class Ring:
         self._poll_ns = <int64_t>(value * 1000)
 
     def fileno(self):
-        """The eventfd this end sleeps on: readable when the peer kicks."""
-        return self.r.sig.wait_fd
+        """The fd this end sleeps on: readable when the peer kicks."""
+        return self.r.sig.sleep_fd
+
+    def doorbell(self):
+        """(wait fd, its kind, kick fd, its kind): the doorbells this end
+        waits on and rings (kinds: shmsignal.FD_*)."""
+        return (self.r.sig.wait_fd, self.r.sig.wait_kind, self.r.sig.kick_fd, self.r.sig.kick_kind)
 
     # ---- raw descriptors -------------------------------------------------
 
@@ -209,7 +248,7 @@ cdef class Ring:
         return shmsig_inject(&self.r.sig) == 1
 
     def arm(self):
-        """Drain this end's eventfd and ask to be kicked, so that fileno()
+        """Drain this end's doorbell and ask to be kicked, so that fileno()
         becomes readable on the peer's next inject (for select/epoll users).
         Returns True if work is already there: consume it instead of waiting."""
         self._live()
@@ -239,9 +278,9 @@ cdef class Ring:
         with nogil:
             rc = shmsig_wait(&self.r.sig, tns, self._poll_ns)
         if rc == -1:
-            raise OSError(errno, os.strerror(errno) if errno else "ring has no eventfd to sleep on")
+            raise OSError(errno, os.strerror(errno) if errno else "ring has no doorbell to sleep on")
         if rc == -2:
-            raise OSError("eventfd error")
+            raise OSError(f"ring {self.index}: the doorbell reported an error or hang-up")
         return rc
 
     def _require(self, int role):
@@ -455,6 +494,8 @@ cdef class Ring:
             "broken": bool(self.r.broken),
             "kicks_sent": self.r.sig.kicks_sent,
             "kicks_suppressed": self.r.sig.kicks_suppressed,
+            "kicks_busy": self.r.sig.kicks_busy,
+            "kicks_failed": self.r.sig.kicks_failed,
             "wakeups": self.r.sig.wakeups,
             "spurious_wakeups": self.r.sig.spurious,
             "poll_hits": self.r.sig.poll_hits,

@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """Python face of shmsignal: one endpoint of a shared-memory signal."""
 import os
+import stat
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.errno cimport errno
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE, PyBUF_SIMPLE
@@ -10,6 +11,17 @@ MAGIC = SHMSIG_MAGIC
 VERSION = SHMSIG_VERSION
 SIZE = SHMSIG_SIZE
 ALIGN = SHMSIG_ALIGN
+FD_EVENTFD = SHMSIG_FD_EVENTFD
+FD_SOCKET = SHMSIG_FD_SOCKET
+FD_EDGE = SHMSIG_FD_EDGE
+
+
+def doorbell_kind(int fd):
+    """FD_SOCKET for a socket, else FD_EVENTFD (-1, no fd, counts as an
+    eventfd: it is never used)."""
+    if fd < 0:
+        return SHMSIG_FD_EVENTFD
+    return SHMSIG_FD_SOCKET if stat.S_ISSOCK(os.fstat(fd).st_mode) else SHMSIG_FD_EVENTFD
 
 
 class SignalError(Exception):
@@ -20,8 +32,9 @@ cdef class Signal:
     """One side (0 or 1) of a signal block living at `offset` in `buf`.
 
     The peer wakes us by kicking `wait_fd`; we wake the peer by kicking
-    `kick_fd`.  Either fd may be -1 (busy-poll only / never kick).  The fds
-    stay owned by the caller.
+    `kick_fd`.  Each is an eventfd or one end of a stream socketpair (see
+    shmsig.pxd).  Either fd may be -1 (busy-poll only / never kick).  The
+    fds stay owned by the caller.
     """
 
     def __cinit__(self, buf, Py_ssize_t offset, int side, int wait_fd=-1, int kick_fd=-1,
@@ -45,6 +58,7 @@ cdef class Signal:
         if bad == -2:
             raise SignalError(f"signal block at {offset} has version {shm.version}, expected {SHMSIG_VERSION}")
         shmsig_bind(&self.s, shm, side, wait_fd, kick_fd)
+        shmsig_set_kinds(&self.s, doorbell_kind(wait_fd), wait_fd, doorbell_kind(kick_fd))
         self._poll_ns = 0
 
     def __dealloc__(self):
@@ -56,12 +70,12 @@ cdef class Signal:
         return self.s.me
 
     def fileno(self):
-        """The eventfd this side sleeps on (for select/epoll/asyncio)."""
-        return self.s.wait_fd
+        """The fd this side sleeps on (for select/epoll/asyncio)."""
+        return self.s.sleep_fd
 
     def inject(self):
         """Mark work for the peer; kick it only if it asked to be woken.
-        Returns True if an eventfd kick was sent."""
+        Returns True if a kick was sent.  OSError if the doorbell refused it."""
         cdef int r
         with nogil:
             r = shmsig_inject(&self.s)
@@ -99,13 +113,15 @@ cdef class Signal:
         if r == -1:
             raise OSError(errno, os.strerror(errno) if errno else "no wait fd to sleep on")
         if r == -2:
-            raise OSError("the signal's eventfd reported an error")
+            raise OSError("the signal's doorbell reported an error or hang-up")
         return r == 1
 
     def stats(self):
         return {
             "kicks_sent": self.s.kicks_sent,
             "kicks_suppressed": self.s.kicks_suppressed,
+            "kicks_busy": self.s.kicks_busy,
+            "kicks_failed": self.s.kicks_failed,
             "wakeups": self.s.wakeups,
             "spurious_wakeups": self.s.spurious,
             "poll_hits": self.s.poll_hits,

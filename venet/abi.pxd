@@ -91,4 +91,18 @@ cdef struct venet_event_t:
     uint32_t type
     uint32_t size               # bytes of the whole event
     uint64_t a                  # LINKSTATE: state (0 down, 1 up); TXC: cookie
-    uint64_t b                  # TXC: ring id
+    uint64_t b                  # TXC: ring id in bits 0..31, VENET_TXC_* status in bits 32..63
+
+# What became of a frame flagged VENET_F_TXC (its EV_TXC event's status).
+# Each refusal matches the pump's drop counter of the same name.
+cdef enum:
+    VENET_TXC_SENT = 0              # written to the tap
+    VENET_TXC_BAD_DESC = 1          # a descriptor ioq refused (drop_bad_desc)
+    VENET_TXC_BAD_CHAIN = 2         # a malformed or too long MORE chain (drop_chain)
+    VENET_TXC_BAD_FLAGS = 3         # a flag this device does not honour (drop_offload)
+    VENET_TXC_META_NOT_NEGOTIATED = 4   # 3 + the META_* reason (drop_meta_*)
+    VENET_TXC_META_BAD_CSUM = 5
+    VENET_TXC_META_BAD_GSO = 6
+    VENET_TXC_META_TOO_LONG = 7
+    VENET_TXC_SHORT = 8             # shorter than an Ethernet header (drop_short)
+    VENET_TXC_TAP_ERROR = 9         # the kernel refused the write (drop_tap_write)

@@ -70,6 +70,16 @@ GSO_CAP = {GSO_TCPV4: CAP_TSO4, GSO_UDP: CAP_UFO, GSO_TCPV6: CAP_TSO6, GSO_UDP_L
 
 EV_LINKSTATE, EV_TXC = 0, 1
 EVENT_SIZE = 24
+# An EV_TXC event's b: the ring (0, TX) in bits 0..31, what became of the
+# frame in bits 32..63 (0: written to the tap; else why it was refused).
+TXC_STATUS = ("sent", "bad_desc", "bad_chain", "bad_flags", "meta_not_negotiated", "meta_bad_csum",
+              "meta_bad_gso", "meta_too_long", "short", "tap_error")
+
+# The role each side plays on the device's rings (ioq: 0 producer, 1
+# consumer): the frontend creates the region declaring FRONTEND_ROLES, the
+# backend attaches it declaring BACKEND_ROLES, which checks every fd.
+FRONTEND_ROLES = (0, 1, 1)
+BACKEND_ROLES = (1, 0, 0)
 
 DEFAULT_RING = 256
 EVQ_RING = 16

@@ -38,7 +38,16 @@ class DeviceError(Exception):
 
 
 class Device:
-    """One virtual-ethernet device of the bus, backed by a tap."""
+    """One virtual-ethernet device of the bus, backed by a tap.
+
+    The port fd may also be one end of a datagram socketpair standing in
+    for the tap (tests without root): no tun ioctls are made then, and no
+    offload is offered.
+    """
+
+    # How long reset/linkdown wait for the pump thread.  A pump that does
+    # not stop in time is parked: its memory stays mapped while it lives.
+    STOP_TIMEOUT = 5.0
 
     def __init__(self, name, tap_name, tap_fd, created, mac, mtu, poll_us=0,
                  offloads=abi.OFFLOAD_CAPS, cpu=placement.AUTO):
@@ -59,9 +68,13 @@ class Device:
         self.evq = None
         self.link = False
         self.totals = {}            # counters of earlier sessions
+        self.parked = []            # [thread, pump, region] of pumps that did not stop in time
+        self.pumps_parked = 0
+        self._stuck = False         # the last pump was parked: the region must outlive it
+        self.is_tap = tap_fd >= 0 and not stat.S_ISSOCK(os.fstat(tap_fd).st_mode)
         # What this device offers per capability group: SG chains always,
         # offloads as far as the kernel's tun supports them.
-        if tap_fd >= 0:
+        if self.is_tap:
             offloads = abi.consistent_caps(offloads & taplib.supported_offloads(tap_fd))
         else:
             offloads = 0
@@ -79,14 +92,20 @@ class Device:
                 "offloads": abi.cap_names(self.offered[abi.CAP_GROUP_SG] & abi.OFFLOAD_CAPS)}
 
     def register(self, fds):
+        self._reap()
         if len(fds) != 1 + 2 * abi.NRINGS:
-            raise DeviceError(f"register needs 1 memfd and {abi.NRINGS} eventfd pairs, "
+            raise DeviceError(f"register needs 1 memfd and {abi.NRINGS} doorbell pairs, "
                               f"got {len(fds)} fds")
         pairs = [(fds[1 + 2 * i], fds[2 + 2 * i]) for i in range(abi.NRINGS)]
         try:
-            region = ioq.Region.attach(fds[0], pairs)
+            # The backend's roles: every fd is checked for what it must be,
+            # and the doorbells it rings are sockets it sends to without
+            # ever blocking, whatever the frontend does to them.
+            region = ioq.Region.attach(fds[0], pairs, roles=abi.BACKEND_ROLES)
         except ioq.RegionError as e:
             raise DeviceError(f"memory refused: {e}") from None
+        except OSError as e:
+            raise DeviceError(f"memory refused: {e.strerror or e}") from None
         try:
             if region.buf_size < abi.MIN_BUF_SIZE:
                 # Frames longer than a buffer chain slots, but the first
@@ -95,6 +114,8 @@ class Device:
                                   f"{abi.MIN_BUF_SIZE} a venet device needs")
             if region.size > 64 << 20:
                 raise DeviceError(f"region of {region.size} bytes exceeds the 64 MiB per-device limit")
+            if region.nrings != abi.NRINGS:
+                raise DeviceError(f"region has {region.nrings} rings; a venet device has {abi.NRINGS}")
         except BaseException:
             region.close()
             raise
@@ -105,10 +126,17 @@ class Device:
             raise DeviceError("register memory before link up")
         if self.pump is not None:
             return
+        self._reap()
+        if self._stuck:
+            raise DeviceError(f"device {self.name}: its previous pump has not stopped; "
+                              f"link up refused until it does")
         caps = self.offloads
-        tx = self.region.consumer(abi.RING_TX, max_len=abi.META_SIZE + abi.max_frame(self.mtu, caps))
-        rx = self.region.producer(abi.RING_RX)
-        self.evq = self.region.producer(abi.RING_EVQ)
+        try:
+            tx = self.region.consumer(abi.RING_TX, max_len=abi.META_SIZE + abi.max_frame(self.mtu, caps))
+            rx = self.region.producer(abi.RING_RX)
+            self.evq = self.region.producer(abi.RING_EVQ)
+        except (ioq.IoqError, ValueError) as e:
+            raise DeviceError(f"rings refused: {e}") from None
         txc = self.caps.get(abi.CAP_GROUP_EVENTQ, 0) & abi.CAP_EVQ_TXC
         self.pin, bulk = placement.pump_args(self.cpu, self.name, placement.BRIDGE)
         try:
@@ -116,18 +144,24 @@ class Device:
                              txc_evq=self.evq if txc else None, bulk_cpu=bulk)
         except ValueError as e:
             raise DeviceError(str(e)) from None
+        except OSError as e:
+            raise DeviceError(f"pump refused: {e.strerror or e}") from None
         # The kernel may now hand the tap's reader what the frontend accepts.
-        taplib.set_offloads(self.tap_fd, caps)
+        if self.is_tap:
+            taplib.set_offloads(self.tap_fd, caps)
         # The event queue has one producer at a time: this thread before the
         # pump starts and after it has stopped, the pump (TXC) in between.
         self.event(abi.EV_LINKSTATE, 1)
-        self.thread = threading.Thread(target=self._run, name=f"pump-{self.name}", daemon=True)
+        # The thread gets its pump, not the device: linkdown may drop
+        # self.pump while a parked thread still runs it.
+        self.thread = threading.Thread(target=self._run, args=(self.pump,), name=f"pump-{self.name}",
+                                       daemon=True)
         self.thread.start()
         self.link = True
 
-    def _run(self):
+    def _run(self, pump):
         placement.pin_this_thread(self.pin, f"device {self.name}'s pump")
-        result = self.pump.run()
+        result = pump.run()
         if result == "broken":
             log.warning("device %s: the frontend corrupted a ring index; link down", self.name)
             self.link = False
@@ -143,16 +177,22 @@ class Device:
     def linkdown(self):
         if self.pump is not None:
             self.pump.stop()
-            self.thread.join(timeout=5)
+            self.thread.join(timeout=self.STOP_TIMEOUT)
             if self.thread.is_alive():
-                # Never two producers on the event queue: no event then.
-                log.error("device %s: the pump did not stop; link-down event not sent", self.name)
+                # Never two producers on the event queue: no event then.  And
+                # never unmap memory a live thread may touch: the region is
+                # parked with the thread until it ends (reset, _reap).
+                log.error("device %s: the pump did not stop within %.1f s; link-down event not "
+                          "sent, its memory stays mapped until it does", self.name, self.STOP_TIMEOUT)
+                self.parked.append([self.thread, self.pump, None])
+                self.pumps_parked += 1
+                self._stuck = True
             else:
                 self.event(abi.EV_LINKSTATE, 0)
-            self._fold_stats(self.pump.stats())
+                self._fold_stats(self.pump.stats())
             self.pump = None
             self.thread = None
-            if self.tap_fd >= 0:
+            if self.is_tap:
                 try:
                     taplib.set_offloads(self.tap_fd, 0)
                 except taplib.TapError as e:
@@ -160,14 +200,36 @@ class Device:
         self.link = False
 
     def reset(self):
-        """Back to unowned: stop the pump, unmap the frontend's memory."""
+        """Back to unowned: stop the pump, unmap the frontend's memory
+        (unless a pump that did not stop may still touch it: parked)."""
         self.linkdown()
         self.evq = None
         if self.region is not None:
-            self.region.close()
+            if self._stuck and self.parked and self.parked[-1][2] is None:
+                self.parked[-1][2] = self.region
+            else:
+                self.region.close()
             self.region = None
+        self._stuck = False
         self.owner = None
         self.caps = {}
+        self._reap()
+
+    def _reap(self):
+        """Release what parked pumps held once their threads have ended."""
+        keep = []
+        for entry in self.parked:
+            thread, pump, region = entry
+            if thread.is_alive():
+                keep.append(entry)
+                continue
+            self._fold_stats(pump.stats())
+            if region is not None:      # else it is still this session's: reset closes it
+                region.close()
+            log.warning("device %s: a parked pump has ended; its memory is released", self.name)
+        self.parked = keep
+        if not any(e[2] is None for e in keep):
+            self._stuck = False
 
     def _fold_stats(self, s):
         for k, v in _flatten(s).items():
@@ -175,6 +237,7 @@ class Device:
 
     def stats(self):
         out = dict(self.totals)
+        out["pumps_parked"] = self.pumps_parked
         if self.pump is not None:
             for k, v in _flatten(self.pump.stats()).items():
                 out[k] = out.get(k, 0) + v
@@ -183,6 +246,11 @@ class Device:
 
     def close(self):
         self.reset()
+        if self.parked:
+            # A live pump still uses the tap fd's number: closing it could
+            # hand that number to another file under the pump.
+            log.error("device %s: a pump has not stopped; its tap stays open", self.name)
+            return
         if self.tap_fd >= 0:
             os.close(self.tap_fd)
             self.tap_fd = -1

@@ -350,7 +350,8 @@ class Device:
             self._buf = buf
             ring_size = ring_size or abi.ring_size_for(self.mtu)
             self.region = ioq.Region.create([ring_size, ring_size, abi.EVQ_RING],
-                                            buf_size=self._buf, name=f"venet-{name}")
+                                            buf_size=self._buf, name=f"venet-{name}",
+                                            roles=abi.FRONTEND_ROLES)
             fd, efds = self.region.handoff()
             fds = [fd] + [x for pair in efds for x in pair]
             control.call(bus.sock, control.REGISTER, {"device": name}, fds)

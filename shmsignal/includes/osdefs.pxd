@@ -47,5 +47,12 @@ cdef extern from "<sys/epoll.h>" nogil:
         EPOLLRDHUP
         EPOLLET
 
+cdef extern from "<sys/socket.h>" nogil:
+    ssize_t send(int fd, const void *buf, size_t n, int flags)
+    ssize_t recv(int fd, void *buf, size_t n, int flags)
+    enum:
+        MSG_DONTWAIT
+        MSG_NOSIGNAL
+
 cdef extern from "<sched.h>" nogil:
     int sched_yield()

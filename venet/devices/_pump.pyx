@@ -21,6 +21,12 @@ from the pump's own memory, built from a private, validated copy of the
 peer's record.  With GSO negotiated a read spans as many consecutive slots
 as a 64 KiB frame needs (one readv, since consecutive paired buffers are
 adjacent in memory) and is published as a VENET_F_MORE chain.
+
+Doorbells: the pump never reads or writes a doorbell in a way that could
+block.  It rings with shmsig_inject (a socket doorbell is rung with a
+per-call non-blocking send); it watches its wait fds edge-triggered, so a
+peer's eventfd is never read, and a socket doorbell (its own end of a
+socketpair, on the frontend side) is drained with recv(MSG_DONTWAIT).
 """
 import os
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
@@ -126,9 +132,15 @@ cdef class Pump:
     cdef ioq_sg_t sg[512]
     cdef iovec iov[257]
 
-    def __cinit__(self, Ring inr not None, Ring outr not None, int tap_fd, *, poll_us=0,
-                  int budget=64, int mtu=1500, unsigned int caps=0, Ring txc_evq=None,
-                  int bulk_cpu=-1):
+    def __cinit__(self, *args, **kwargs):
+        # First, before any argument is even parsed: __dealloc__ runs after
+        # a failed construction too, and closes only fds >= 0.
+        self.epfd = -1
+        self.stop_fd = -1
+
+    def __init__(self, Ring inr not None, Ring outr not None, int tap_fd, *, poll_us=0,
+                 int budget=64, int mtu=1500, unsigned int caps=0, Ring txc_evq=None,
+                 int bulk_cpu=-1):
         """caps: the offload bits (venet.abi CAP_CSUM, CAP_TSO4, ...) both
         sides negotiated; the tap's TUNSETOFFLOAD must match them.
         txc_evq: the device's event queue (producer end), when TX
@@ -139,6 +151,8 @@ cdef class Pump:
         after the bulk stops it gets its CPUs back.  Give a device's two
         pumps (bridge and attach) the same CPU: their kicks to each other
         then wake a thread on the same CPU, not across CPUs (-1: never)."""
+        if self.epfd >= 0 or self.stop_fd >= 0:
+            raise RuntimeError("a Pump is initialised once")
         if inr.role != 1 or outr.role != 0:
             raise ValueError("the pump consumes `inr` and produces on `outr`")
         if not 1 <= budget <= MAX_BUDGET:
@@ -180,15 +194,16 @@ cdef class Pump:
             self.evq_buf_size = txc_evq.region.buf_size
             self.known_flags |= VENET_F_TXC
         self.poll_ns = <int64_t>(poll_us * 1000)
-        self.epfd = -1
         self.stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise OSError(errno, "epoll_create1")
-        # The kick eventfds are edge-triggered: every write by the peer is
-        # an edge, so the pump never needs to read them to re-arm (one
-        # syscall less per wake-up).  The peer kicks again only after we
-        # clear `pending`, which we do for each edge.
+        # The doorbells are edge-triggered: every kick by the peer is an
+        # edge, so the pump never reads an eventfd to re-arm (one syscall
+        # less per wake-up, and a peer's eventfd, whose flags the peer
+        # controls, is never read at all).  A socket doorbell is drained
+        # with a non-blocking recv so its queue stays short.  The peer kicks
+        # again only after we clear `pending`, which we do for each edge.
         self._add(inr.r.sig.wait_fd, EV_IN, EPOLLET)
         self._add(outr.r.sig.wait_fd, EV_OUT, EPOLLET)
         self._add(self.stop_fd, EV_STOP)
@@ -240,6 +255,7 @@ cdef class Pump:
                 e += 1
             if e - i >= VENET_MAX_CHAIN:
                 self.st.drop_chain += 1
+                self._txc(i, VENET_TXC_BAD_CHAIN)
                 self.discard = True
                 i += VENET_MAX_CHAIN
                 continue
@@ -289,8 +305,15 @@ cdef class Pump:
         self.bulk_t0 = now
         self.bulk_gso0 = gso
 
-    cdef void _post_txc(self, uint64_t cookie) noexcept nogil:
-        """Tell the frontend we are done with the frame it tagged `cookie`."""
+    cdef inline void _txc(self, uint32_t first, uint32_t status) noexcept nogil:
+        """The frame starting at items[first] is done with (written, or
+        refused for `status`): its EV_TXC event, if it asked for one."""
+        if self.known_flags & VENET_F_TXC and self.items[first].flags & VENET_F_TXC:
+            self._post_txc(self.items[first].cookie, status)
+
+    cdef void _post_txc(self, uint64_t cookie, uint32_t status) noexcept nogil:
+        """Tell the frontend we are done with the frame it tagged `cookie`,
+        and what became of it (VENET_TXC_*)."""
         cdef ioq_ring_t *e = &self.evq.r
         cdef ioq_desc_t *d
         cdef venet_event_t *ev
@@ -303,7 +326,7 @@ cdef class Pump:
         ev.type = VENET_EV_TXC
         ev.size = sizeof(venet_event_t)
         ev.a = cookie
-        ev.b = VENET_RING_TX
+        ev.b = <uint64_t>VENET_RING_TX | (<uint64_t>status << 32)
         d.cookie = e.head
         d.len = sizeof(venet_event_t)
         d.flags = 0
@@ -326,11 +349,13 @@ cdef class Pump:
             it = &self.items[j]
             if it.status != IOQ_OK:
                 self.st.drop_bad_desc += 1
+                self._txc(first, VENET_TXC_BAD_DESC)
                 return
             if j > first and (it.flags & ~(<uint32_t>VENET_F_MORE) & IOQ_DESC_F_USER_MASK
                               or it.sg_count):
                 # Continuations carry only MORE; an SG list is a frame of its own.
                 self.st.drop_chain += 1
+                self._txc(first, VENET_TXC_BAD_CHAIN)
                 return
             if it.sg_count == 0:
                 self.iov[niov].iov_base = r.base + it.offset
@@ -339,6 +364,7 @@ cdef class Pump:
             else:
                 if last > first:
                     self.st.drop_chain += 1
+                    self._txc(first, VENET_TXC_BAD_CHAIN)
                     return
                 for q in range(it.sg_count):
                     self.iov[niov].iov_base = r.base + self.sg[it.sg_first + q].offset
@@ -348,6 +374,7 @@ cdef class Pump:
         flags = self.items[first].flags & IOQ_DESC_F_USER_MASK & ~(<uint32_t>VENET_F_MORE)
         if flags & ~self.known_flags:
             self.st.drop_offload += 1
+            self._txc(first, VENET_TXC_BAD_FLAGS)
             return
         memset(self.vhdr, 0, VENET_META_SIZE)
         memset(&meta, 0, sizeof(meta))
@@ -356,6 +383,7 @@ cdef class Pump:
             # only the copy is looked at.
             if self.iov[1].iov_len < VENET_META_SIZE:
                 self.st.drop_meta[META_BAD_CSUM] += 1
+                self._txc(first, VENET_TXC_META_NOT_NEGOTIATED - 1 + META_BAD_CSUM)
                 return
             memcpy(&meta, self.iov[1].iov_base, VENET_META_SIZE)
             self.iov[1].iov_base = <char *>self.iov[1].iov_base + VENET_META_SIZE
@@ -364,13 +392,16 @@ cdef class Pump:
         if total < VENET_MIN_FRAME or total > VENET_MAX_GSO_FRAME:
             if total < VENET_MIN_FRAME:
                 self.st.drop_short += 1
+                self._txc(first, VENET_TXC_SHORT)
             else:
                 self.st.drop_meta[META_TOO_LONG] += 1
+                self._txc(first, VENET_TXC_META_TOO_LONG)
             return
         flen = <uint32_t>total
         st = venet_meta_check(&meta, flags, flen, self.caps, self.max_plain)
         if st != META_OK:
             self.st.drop_meta[st] += 1
+            self._txc(first, VENET_TXC_META_NOT_NEGOTIATED - 1 + st)
             return
         if flags & (VENET_F_NEEDS_CSUM | VENET_F_GSO):
             venet_meta_to_virtio(&meta, flags, vh)
@@ -384,11 +415,10 @@ cdef class Pump:
                 self.st.to_tap_gso += 1
             elif flags & VENET_F_NEEDS_CSUM:
                 self.st.to_tap_csum += 1
+            self._txc(first, VENET_TXC_SENT)
         else:
             self.st.drop_tap_write += 1
-        if flags & VENET_F_TXC:
-            # Written or refused by the kernel, the frame is done with.
-            self._post_txc(self.items[first].cookie)
+            self._txc(first, VENET_TXC_TAP_ERROR)
 
     cdef uint32_t _tap_to_ring(self, bint *empty, bint *full) noexcept nogil:
         """Read up to budget frames into the out ring; returns how many.
@@ -591,6 +621,12 @@ cdef class Pump:
             return "broken"
         return "stopped" if stop else "timeout"
 
+    cdef inline void _drain_socket(self, shmsig_t *sig) noexcept nogil:
+        """A socket doorbell's queued kicks, taken with one non-blocking
+        recv.  An eventfd doorbell is left alone (edge-triggered)."""
+        if sig.wait_kind == SHMSIG_FD_SOCKET:
+            shmsig_drain_fd(sig.wait_fd, SHMSIG_FD_SOCKET, -1)
+
     cdef void _drain_events(self, epoll_event *evs, int n, bint *stop, bint *out_full,
                             bint *tap_ready) noexcept nogil:
         cdef int i
@@ -598,8 +634,10 @@ cdef class Pump:
         for i in range(n):
             tag = evs[i].data.u64
             if tag == EV_IN:
+                self._drain_socket(&self.inr.r.sig)
                 shmsig_allow_kick(&self.inr.r.sig)
             elif tag == EV_OUT:
+                self._drain_socket(&self.outr.r.sig)
                 shmsig_allow_kick(&self.outr.r.sig)
                 out_full[0] = False
             elif tag == EV_TAP:

@@ -1,0 +1,299 @@
+"""The pump's lifetime: refused constructions close nothing they did not
+open, a pump stops promptly whatever the frontend does, memory is never
+unmapped under a live pump, and every TXC frame gets its event."""
+import gc
+import os
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+from ioq import DESC_DTYPE, Region
+from tests import hostile
+from venet import abi
+from venet.devices._pump import Pump
+
+DEADLINE = 3.0
+
+
+# ---- bug 2: a refused Pump closes no fd it does not own -------------------
+
+def _identity(fd):
+    st = os.fstat(fd)
+    return st.st_dev, st.st_ino
+
+
+def test_refused_pump_constructions_close_no_live_fd():
+    """fd 0 (and any other) survives pumps refused at every stage: argument
+    parsing, the checks before the pump's own fds exist."""
+    sentinel_r, sentinel_w = os.pipe()
+    saved0 = os.dup(0)
+    os.dup2(sentinel_r, 0)
+    fds = {fd: _identity(fd) for fd in map(int, os.listdir("/proc/self/fd")) if _fd_ok(fd)}
+    region = Region.create([2, 2, 2], buf_size=256)          # ioq accepts it, the pump does not
+    small = Region.create([8, 8], buf_size=256, nbufs=4)      # too few buffers to pair
+    try:
+        rx, tx = region.consumer(1), region.producer(0)
+        attempts = [
+            lambda: Pump(None, None, -1),                                 # TypeError in parsing
+            lambda: Pump(rx, tx, -1, budget=0),                           # ValueError
+            lambda: Pump(rx, tx, -1),                                     # ring too small
+            lambda: Pump(small.consumer(0), small.producer(1), -1),       # no paired buffers
+            lambda: Pump(rx, tx, -1, mtu=10),
+        ]
+        for attempt in attempts * 2:
+            with pytest.raises((TypeError, ValueError)):
+                attempt()
+            gc.collect()
+        for fd, ident in fds.items():
+            assert _fd_ok(fd) and _identity(fd) == ident, f"fd {fd} was closed or replaced"
+    finally:
+        small.close()
+        region.close()
+        os.dup2(saved0, 0)
+        os.close(saved0)
+        os.close(sentinel_r)
+        os.close(sentinel_w)
+
+
+def _fd_ok(fd):
+    try:
+        os.fstat(fd)
+        return True
+    except OSError:
+        return False
+
+
+def test_a_pump_is_initialised_once():
+    region = Region.create([64, 64, 16], buf_size=2048)
+    try:
+        p = Pump(region.consumer(0), region.producer(1), -1)
+        with pytest.raises(RuntimeError, match="once"):
+            p.__init__(region.consumer(0), region.producer(1), -1)
+    finally:
+        del p
+        gc.collect()
+        region.close()
+
+
+# ---- bug 4: the pump stops promptly; memory outlives a pump that did not --
+
+def test_pump_stops_promptly_while_the_frontend_blocks_its_doorbells():
+    """A frontend that made every shared doorbell blocking and full, under
+    RX traffic and TXC frames: stop() still ends the pump in time."""
+    def scenario():
+        fe = hostile.Frontend()
+        port, outside = hostile.port_pair()
+        dev = hostile.device(port.detach())
+        dev.register(fe.fds)
+        fe.want_kicks()
+        fe.misbehave()
+        fe.want_kicks()
+        dev.linkup()
+        pump_thread = dev.thread
+        for i in range(40):
+            outside.send(b"\0" * 16 + hostile.frame(60, i))
+        _send_tx(fe, [(hostile.frame(60), abi.F_TXC)] * 4, notify=False)
+        deadline = time.monotonic() + DEADLINE
+        while dev.pump.stats()["from_tap_frames"] < 16 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        dev.pump.stop()
+        pump_thread.join(DEADLINE)
+        assert not pump_thread.is_alive(), "the pump did not stop while the frontend blocked its doorbells"
+        dev.close()
+        fe.close()
+    hostile.run_isolated(scenario, 3 * DEADLINE)
+
+
+def test_memory_of_a_pump_that_did_not_stop_stays_mapped_until_it_ends():
+    fe = hostile.Frontend()
+    port, outside = hostile.port_pair()
+    dev = hostile.device(port.detach())
+    dev.STOP_TIMEOUT = 0.2
+    go = threading.Event()
+    real_run = dev._run
+
+    def stuck_run(*args):
+        go.wait()                           # a pump thread that does not answer stop()
+        real_run(*args)
+    dev._run = stuck_run
+    released = False
+    try:
+        dev.register(fe.fds)
+        dev.linkup()
+        region = dev.region
+        thread = dev.thread
+        dev.reset()
+        assert thread.is_alive()
+        assert not region.closed, "memory unmapped under a live pump"
+        assert dev.parked and dev.parked[0][2] is region
+        assert dev.stats()["counters"]["pumps_parked"] == 1
+        assert dev.owner is None and dev.region is None
+        go.set()
+        released = True
+        thread.join(DEADLINE)
+        assert not thread.is_alive()
+        dev._reap()
+        assert region.closed and dev.parked == []
+        # The device serves the next frontend.
+        fe2 = hostile.Frontend()
+        try:
+            dev.owner = object()
+            dev.caps = {abi.CAP_GROUP_SG: abi.CAP_SG, abi.CAP_GROUP_EVENTQ: abi.CAP_EVQ_LINKSTATE}
+            dev._run = real_run
+            dev.register(fe2.fds)
+            dev.linkup()
+            assert dev.link
+            dev.reset()
+        finally:
+            fe2.close()
+    finally:
+        if released:
+            dev.close()
+            fe.close()
+        outside.close()
+
+
+def test_link_up_waits_for_a_parked_pump():
+    fe = hostile.Frontend()
+    port, outside = hostile.port_pair()
+    dev = hostile.device(port.detach())
+    dev.STOP_TIMEOUT = 0.1
+    go = threading.Event()
+    real_run = dev._run
+    dev._run = lambda *args: (go.wait(), real_run(*args))
+    try:
+        dev.register(fe.fds)
+        dev.linkup()
+        dev.linkdown()
+        assert dev.parked and not dev.region.closed
+        from venet.bridge import DeviceError
+        with pytest.raises(DeviceError, match="previous pump has not stopped"):
+            dev.linkup()
+        go.set()
+        dev.parked[0][0].join(DEADLINE)
+        dev._run = real_run
+        dev.linkup()
+        assert dev.link
+    finally:
+        go.set()
+        dev.close()
+        fe.close()
+        outside.close()
+
+
+# ---- bug 8: every TXC frame gets its event, saying what became of it ------
+
+# An EV_TXC event's b: ring in bits 0..31, this status in bits 32..63.
+STATUS = {"sent": 0, "bad_desc": 1, "bad_chain": 2, "bad_flags": 3, "meta_not_negotiated": 4,
+          "meta_bad_csum": 5, "meta_bad_gso": 6, "meta_too_long": 7, "short": 8, "tap_error": 9}
+
+def _send_tx(fe, frames, notify=True):
+    """Publish frames (bytes, flags) or raw (offset, len, flags) tuples on
+    the TX ring, one descriptor each; returns their cookies.  notify=False:
+    no kick (a frontend that saturated the backend's eventfd would block
+    itself kicking it)."""
+    region = fe.region
+    base = region.paired_base(abi.RING_TX)
+    descs = np.zeros(len(frames), dtype=DESC_DTYPE)
+    cookies = []
+    for i, f in enumerate(frames):
+        slot = (fe.tx.stats()["ops"] + i) % region.ring_count(abi.RING_TX)
+        off = region.buffer_offset(base + slot)
+        if isinstance(f[0], bytes):
+            data, flags = f
+            region.view(off, len(data))[:] = data
+            ln = len(data)
+        else:
+            off, ln, flags = f
+        cookie = 1000 + i
+        descs[i] = (cookie, off, ln, flags, 0, 0)
+        cookies.append(cookie)
+    assert fe.tx.push(descs, notify) == len(frames)
+    return cookies
+
+
+@pytest.fixture
+def txc_device():
+    fe = hostile.Frontend(ring=64, evq=64)
+    port, outside = hostile.port_pair()
+    dev = hostile.device(port.detach(), txc=True)
+    dev.register(fe.fds)
+    dev.linkup()
+    assert fe.events(1) == [(abi.EV_LINKSTATE, abi.EVENT_SIZE, 1, 0)]
+    yield fe, dev, outside
+    dev.close()
+    fe.close()
+    outside.close()
+
+
+def _statuses(fe, cookies):
+    evs = fe.events(len(cookies))
+    assert all(e[0] == abi.EV_TXC and e[1] == abi.EVENT_SIZE for e in evs)
+    got = {e[2]: (e[3] & 0xffffffff, e[3] >> 32) for e in evs}
+    return {c: got.get(c) for c in cookies}
+
+
+def test_txc_event_for_every_frame_sent_or_refused(txc_device):
+    fe, dev, outside = txc_device
+    ok = hostile.frame(60)
+    pool_end = fe.region.pool_offset + fe.region.pool_size
+    cases = [
+        ((ok, abi.F_TXC), "sent"),
+        ((pool_end - 8, 64, abi.F_TXC), "bad_desc"),                  # out of the pool
+        ((ok, abi.F_TXC | (1 << 21)), "bad_flags"),                   # a bit nobody defined
+        ((ok[:10], abi.F_TXC), "short"),
+        ((b"\0" * 16 + ok, abi.F_TXC | abi.F_NEEDS_CSUM), "meta_not_negotiated"),
+        ((ok + b"\0" * (1520 - len(ok)), abi.F_TXC), "meta_too_long"),   # over MTU + 14
+        ((ok, 0), None),                                              # no TXC asked: no event
+    ]
+    cookies = _send_tx(fe, [c[0] for c in cases])
+    want = {c: (abi.RING_TX, STATUS[s]) for c, (_, s) in zip(cookies, cases) if s}
+    assert _statuses(fe, list(want)) == want
+    assert fe.events(1, timeout=0.2) == []                    # nothing for the frame without TXC
+    c = dev.pump.stats()
+    assert (c["to_tap_frames"], c["drop_bad_desc"], c["drop_offload"], c["drop_short"],
+            c["drop_meta_not_negotiated"], c["drop_meta_too_long"]) == (2, 1, 1, 1, 1, 1)
+    assert c["txc_events"] == 6
+
+
+def test_txc_event_for_refused_chains(txc_device):
+    fe, dev, outside = txc_device
+    ok = hostile.frame(60)
+    # A chain whose continuation carries a flag other than MORE.
+    cookies = _send_tx(fe, [(ok, abi.F_TXC | abi.F_MORE), (ok, abi.F_NEEDS_CSUM)])
+    assert _statuses(fe, cookies[:1]) == {cookies[0]: (abi.RING_TX, STATUS["bad_chain"])}
+    # A chain of more than MAX_CHAIN descriptors: the pump refuses it once
+    # it has seen MAX_CHAIN of them with MORE, and skips its tail.
+    deadline = time.monotonic() + DEADLINE
+    while fe.tx.free() < abi.MAX_CHAIN and time.monotonic() < deadline:
+        time.sleep(0.01)
+    long_chain = [(ok[:20], abi.F_MORE | abi.F_TXC)] + [(ok[:20], abi.F_MORE)] * (abi.MAX_CHAIN - 1)
+    first = _send_tx(fe, long_chain)[0]
+    assert _statuses(fe, [first]) == {first: (abi.RING_TX, STATUS["bad_chain"])}
+    deadline = time.monotonic() + DEADLINE
+    while fe.tx.free() < 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    _send_tx(fe, [(ok[:20], 0)])                                      # the tail
+    cookies = _send_tx(fe, [(ok, abi.F_TXC)])
+    assert _statuses(fe, cookies) == {cookies[0]: (abi.RING_TX, 0)}
+    assert dev.pump.stats()["drop_chain"] == 2
+
+
+def test_txc_event_when_the_tap_refuses_the_write(txc_device):
+    fe, dev, outside = txc_device
+    socket.socket(fileno=os.dup(dev.tap_fd)).shutdown(socket.SHUT_WR)
+    cookies = _send_tx(fe, [(hostile.frame(60), abi.F_TXC)])
+    assert _statuses(fe, cookies) == {cookies[0]: (abi.RING_TX, STATUS["tap_error"])}
+    assert dev.pump.stats()["drop_tap_write"] == 1
+
+
+def test_events_read_by_the_frontend_api_stay_compatible():
+    """venet.frontend.Device.events() unpacks (type, a, b) from the same
+    24-byte record; a sent frame's b is still 0 (ring 0, status 0)."""
+    import struct
+    rec = struct.pack("<IIQQ", abi.EV_TXC, abi.EVENT_SIZE, 7, 0)
+    assert len(rec) == abi.EVENT_SIZE == 24
+    assert {name: i for i, name in enumerate(abi.TXC_STATUS)} == STATUS
