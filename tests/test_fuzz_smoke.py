@@ -16,11 +16,9 @@ from tests.fuzz._runner import ROOT, seeds  # noqa: E402
 
 TARGETS = ("control", "bridge", "ring", "pump")
 SECONDS = 4                      # atheris time per harness in the default run
-# Reproducers of bugs open in issue 10, fixed on other branches: each must
-# start to pass when its fix is merged (strict), then its entry goes.
+# Reproducers of known open bugs: each is expected to fail (strict) until
+# its fix lands, then its entry goes.
 KNOWN_OPEN = {
-    ("bridge", "refused-linkup-twice-shape2-issue10-2"): "issue 10 item 2: a refused Pump closes fd 0",
-    ("bridge", "refused-linkup-twice-shape3-issue10-2"): "issue 10 item 2: a refused Pump closes fd 0",
 }
 
 

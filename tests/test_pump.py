@@ -448,8 +448,6 @@ def test_bad_arguments_are_refused(kw, msg):
     assert err is not None and msg in err, err
 
 
-@pytest.mark.xfail(strict=True, reason="product bug: Pump.__dealloc__ closes fd 0 when "
-                   "__cinit__ raised before epfd and stop_fd were set (they start at 0)")
 @pytest.mark.parametrize("kw", [{"budget": 0}, {"backwards": True}])
 def test_a_refused_pump_closes_no_fd_it_did_not_open(kw):
     err, fd0_open = refused(**kw)

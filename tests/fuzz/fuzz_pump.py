@@ -299,11 +299,20 @@ def _check(pump, region, mem, snap, descs, tap_sent, a, b, mtu, txc, lo, hi):
             if m is None:
                 break
             etype, size, ca, cb = struct.unpack("<IIQQ", m)
-            if etype != abi.EV_TXC or size != abi.EVENT_SIZE or ca not in cookies or cb != abi.RING_TX:
+            ring, status = cb & 0xffffffff, cb >> 32
+            if etype != abi.EV_TXC or size != abi.EVENT_SIZE or ca not in cookies or ring != abi.RING_TX:
                 raise Finding(f"event {(etype, size, ca, cb)} names no frame that asked for one")
+            if status >= len(abi.TXC_STATUS):
+                raise Finding(f"event {(etype, size, ca, cb)} has an unknown status {status}")
             n += 1
         if n != st["txc_events"]:
             raise Finding(f"{n} TXC events on the queue, txc_events={st['txc_events']}")
+        # Every frame that asked for a completion gets one, sent or refused
+        # (unless the event queue was full: counted in txc_lost).
+        asked = sum(1 for g in groups if g is not None and descs[g[0]][3] & abi.F_TXC)
+        if n + st["txc_lost"] != asked:
+            raise Finding(f"{asked} frames asked for a TX completion, {n} events + "
+                          f"{st['txc_lost']} lost")
 
 
 def main(argv=None):
