@@ -297,3 +297,41 @@ def test_events_read_by_the_frontend_api_stay_compatible():
     rec = struct.pack("<IIQQ", abi.EV_TXC, abi.EVENT_SIZE, 7, 0)
     assert len(rec) == abi.EVENT_SIZE == 24
     assert {name: i for i, name in enumerate(abi.TXC_STATUS)} == STATUS
+
+
+# ---- a tap that refuses its offloads at link-up ----------------------------
+
+def test_a_refused_link_up_leaves_nothing_half_made(monkeypatch):
+    """The tap refusing TUNSETOFFLOAD at LINKUP is a plain refusal: no pump
+    is left without a thread, so LINKDOWN, a later LINKUP and the reset
+    that follows a frontend's exit all still work."""
+    from venet import bridge
+    from venet.devices import tap as taplib
+    fe = hostile.Frontend()
+    port, outside = hostile.port_pair()
+    dev = hostile.device(port.detach())
+    calls = []
+
+    def refuse(fd, caps):
+        calls.append(caps)
+        if caps:
+            raise taplib.TapError("cannot set tap offloads: Invalid argument")
+    monkeypatch.setattr(taplib, "set_offloads", refuse)
+    try:
+        dev.register(fe.fds)
+        dev.is_tap = True
+        dev.caps[abi.CAP_GROUP_SG] = abi.CAP_SG | abi.CAP_CSUM
+        with pytest.raises(bridge.DeviceError, match="cannot set tap offloads"):
+            dev.linkup()
+        assert dev.pump is None and dev.thread is None and not dev.link
+        dev.linkdown()
+        dev.caps[abi.CAP_GROUP_SG] = abi.CAP_SG
+        dev.linkup()
+        assert dev.link and dev.thread.is_alive()
+        dev.reset()
+        assert dev.pump is None and dev.region is None
+    finally:
+        dev.is_tap = False
+        dev.close()
+        fe.close()
+        outside.close()

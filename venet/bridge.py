@@ -139,16 +139,22 @@ class Device:
             raise DeviceError(f"rings refused: {e}") from None
         txc = self.caps.get(abi.CAP_GROUP_EVENTQ, 0) & abi.CAP_EVQ_TXC
         self.pin, bulk = placement.pump_args(self.cpu, self.name, placement.BRIDGE)
+        # The kernel may now hand the tap's reader what the frontend accepts.
+        # Set before the pump exists: a refusal here leaves nothing to undo.
+        if self.is_tap:
+            try:
+                taplib.set_offloads(self.tap_fd, caps)
+            except taplib.TapError as e:
+                raise DeviceError(str(e)) from None
         try:
             self.pump = Pump(tx, rx, self.tap_fd, poll_us=self.poll_us, mtu=self.mtu, caps=caps,
                              txc_evq=self.evq if txc else None, bulk_cpu=bulk)
-        except ValueError as e:
-            raise DeviceError(str(e)) from None
-        except OSError as e:
+        except (ValueError, OSError) as e:
+            if self.is_tap:
+                taplib.set_offloads(self.tap_fd, 0)
+            if isinstance(e, ValueError):
+                raise DeviceError(str(e)) from None
             raise DeviceError(f"pump refused: {e.strerror or e}") from None
-        # The kernel may now hand the tap's reader what the frontend accepts.
-        if self.is_tap:
-            taplib.set_offloads(self.tap_fd, caps)
         # The event queue has one producer at a time: this thread before the
         # pump starts and after it has stopped, the pump (TXC) in between.
         self.event(abi.EV_LINKSTATE, 1)
