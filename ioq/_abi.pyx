@@ -35,6 +35,7 @@ cdef ioq_desc_t _d
 cdef ioq_sg_t _s
 cdef ioq_item_t _i
 cdef ioq_ring_hdr_t _r
+cdef ioq_region_hdr_t _h
 
 
 cdef size_t _off(void *field, void *record) noexcept:
@@ -43,9 +44,11 @@ cdef size_t _off(void *field, void *record) noexcept:
 
 def record(fields, size_t itemsize):
     """A little-endian numpy dtype of `itemsize` bytes with each (name,
-    offset, numpy type code) of `fields`; gaps stay unnamed padding."""
+    offset, numpy type code or dtype) of `fields`; gaps stay unnamed
+    padding."""
     return np.dtype({"names": [f[0] for f in fields], "offsets": [f[1] for f in fields],
-                     "formats": ["<" + f[2] for f in fields], "itemsize": itemsize})
+                     "formats": ["<" + f[2] if isinstance(f[2], str) else f[2] for f in fields],
+                     "itemsize": itemsize})
 
 
 _STRUCT_CODE = {"u1": "B", "u2": "H", "u4": "I", "u8": "Q", "i1": "b", "i2": "h", "i4": "i", "i8": "q"}
@@ -80,6 +83,18 @@ ITEM_DTYPE = record([("cookie", _off(&_i.cookie, &_i), "u8"), ("offset", _off(&_
                      ("user", _off(&_i.user, &_i), "u4"), ("status", _off(&_i.status, &_i), "u4"),
                      ("sg_first", _off(&_i.sg_first, &_i), "u4"),
                      ("sg_count", _off(&_i.sg_count, &_i), "u4")], sizeof(ioq_item_t))
+# The region header (ring info as a nested record).
+RING_INFO_DTYPE = record([("offset", _off(&_h.rings[0].offset, &_h.rings[0]), "u8"),
+                          ("count", _off(&_h.rings[0].count, &_h.rings[0]), "u4"),
+                          ("flags", _off(&_h.rings[0].flags, &_h.rings[0]), "u4")], sizeof(ioq_ring_info_t))
+REGION_HDR_DTYPE = record([("magic", _off(&_h.magic, &_h), "u4"), ("version", _off(&_h.version, &_h), "u4"),
+                           ("size", _off(&_h.size, &_h), "u8"), ("nrings", _off(&_h.nrings, &_h), "u4"),
+                           ("max_sg", _off(&_h.max_sg, &_h), "u4"),
+                           ("pool_offset", _off(&_h.pool_offset, &_h), "u8"),
+                           ("pool_size", _off(&_h.pool_size, &_h), "u8"),
+                           ("buf_size", _off(&_h.buf_size, &_h), "u4"), ("nbufs", _off(&_h.nbufs, &_h), "u4"),
+                           ("rings", _off(&_h.rings, &_h), (RING_INFO_DTYPE, (IOQ_MAX_RINGS,)))],
+                          sizeof(ioq_region_hdr_t))
 DESC_STRUCT = struct_of(DESC_DTYPE)
 SG_STRUCT = struct_of(SG_DTYPE)
 
