@@ -49,12 +49,8 @@ F_SEAL_FUTURE_WRITE = getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x0010)
 WRITE_SEALS = fcntl.F_SEAL_WRITE | F_SEAL_FUTURE_WRITE
 ROLE_NAMES = ("producer", "consumer")
 
-# The C compiler and this file must agree on the ABI sizes.
-assert sizeof(ioq_region_hdr_t) == IOQ_HDR_SIZE
-assert sizeof(ioq_desc_t) == IOQ_DESC_SIZE
-assert sizeof(ioq_sg_t) == IOQ_SG_SIZE
-assert sizeof(shmsig_shared_t) == SHMSIG_SIZE
-assert IOQ_RING_SIG_OFF + SHMSIG_SIZE == IOQ_RING_HDR_SIZE
+# Every size and offset is checked where it is declared (ioq_abi.h,
+# shmsig_abi.h: _Static_assert), so a build that disagrees does not compile.
 
 
 class IoqError(Exception):
@@ -281,7 +277,7 @@ cdef class Region:
             h.rings[i].offset = o
             h.rings[i].count = c
             h.rings[i].flags = 0
-            shmsig_init_shared(<shmsig_shared_t *>(self.base + <uint64_t>o + IOQ_RING_SIG_OFF))
+            shmsig_init_shared(&(<ioq_ring_hdr_t *>(self.base + <uint64_t>o)).sig)
         h.magic = IOQ_REGION_MAGIC
         memcpy(&self.hdr, h, sizeof(ioq_region_hdr_t))
         # Seal before anyone else can see it: from here the size is fixed.
@@ -445,7 +441,7 @@ cdef class Region:
                 raise RegionError(f"ring {i}: [{o}, {end}) runs into the buffer pool at {h.pool_offset}")
             if h.rings[i].flags:
                 raise RegionError(f"ring {i}: unknown flags {h.rings[i].flags:#x}")
-            if shmsig_check_shared(<shmsig_shared_t *>(self.base + o + IOQ_RING_SIG_OFF)):
+            if shmsig_check_shared(&(<ioq_ring_hdr_t *>(self.base + o)).sig):
                 raise RegionError(f"ring {i}: no valid signal block")
             prev_end = end
 

@@ -19,12 +19,10 @@ from ioq.abi cimport *
 from ioq.ring cimport *
 from ioq._region cimport Region
 from ioq._region import IoqError, _doorbell_kind
+from ioq._abi import BAD_REASONS
 
 ROLE_PRODUCER = IOQ_ROLE_PRODUCER
 ROLE_CONSUMER = IOQ_ROLE_CONSUMER
-F_INDIRECT = IOQ_DESC_F_INDIRECT
-F_USER_MASK = IOQ_DESC_F_USER_MASK
-BAD_REASONS = ("ok", "bad_flags", "zero_len", "out_of_bounds", "too_long", "bad_sg_table", "bad_sg_entry")
 
 
 class RingBroken(IoqError):

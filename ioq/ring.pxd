@@ -5,7 +5,7 @@
 # loaded of the peer's index (peer), and its own count and mask.  A
 # peer-written index is loaded once, checked against our count, and only the
 # local copy is used.  The consumer never reads the producer's index: a slot
-# is ready when its seq says so (see ioq/abi.pxd).  Each descriptor is copied once into private memory and
+# is ready when its seq says so (see ioq/includes/ioq_abi.h).  Each descriptor is copied once into private memory and
 # validated there, so a peer rewriting it after publication changes nothing.
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
@@ -37,7 +37,7 @@ cdef struct ioq_ring_t:
     uint64_t ops            # descriptors pushed (producer) or popped (consumer)
     uint64_t full           # producer: pushes that found the ring full
     uint64_t bad_index
-    uint64_t bad[7]         # per IOQ_BAD_* reason (index 0 unused)
+    uint64_t bad[IOQ_NREASONS]  # per IOQ_BAD_* reason (index 0 unused)
 
 
 cdef inline uint32_t ioq_free(ioq_ring_t *r, uint32_t want) noexcept nogil:
@@ -267,12 +267,13 @@ cdef inline int ioq_init(ioq_ring_t *r, char *base, uint64_t ring_off, uint32_t 
     checked for consistency; -1 if they are impossible."""
     cdef uint32_t p, c
     cdef int i
+    cdef ioq_ring_hdr_t *h = <ioq_ring_hdr_t *>(base + ring_off)
     r.base = base
     r.pool_lo = pool_lo
     r.pool_hi = pool_hi
-    r.prod_p = <uint32_t *>(base + ring_off + IOQ_RING_PROD_OFF)
-    r.cons_p = <uint32_t *>(base + ring_off + IOQ_RING_CONS_OFF)
-    r.desc = <ioq_desc_t *>(base + ring_off + IOQ_RING_HDR_SIZE)
+    r.prod_p = &h.prod
+    r.cons_p = &h.cons
+    r.desc = h.desc
     r.count = count
     r.mask = count - 1
     r.max_sg = max_sg
@@ -282,7 +283,7 @@ cdef inline int ioq_init(ioq_ring_t *r, char *base, uint64_t ring_off, uint32_t 
     r.ops = 0
     r.full = 0
     r.bad_index = 0
-    for i in range(7):
+    for i in range(IOQ_NREASONS):
         r.bad[i] = 0
     p = venet_load_acquire_u32(r.prod_p)
     c = venet_load_acquire_u32(r.cons_p)
@@ -295,6 +296,6 @@ cdef inline int ioq_init(ioq_ring_t *r, char *base, uint64_t ring_off, uint32_t 
         r.head = c
         r.peer = c
     r.released = c
-    shmsig_bind(&r.sig, <shmsig_shared_t *>(base + ring_off + IOQ_RING_SIG_OFF),
+    shmsig_bind(&r.sig, &h.sig,
                 role, wait_fd, kick_fd)
     return 0

@@ -37,11 +37,26 @@ from shmsignal.includes.osdefs cimport (pollfd, poll, POLLIN, POLLERR, POLLHUP, 
                                         send, recv, MSG_DONTWAIT, MSG_NOSIGNAL,
                                         epoll_event, epoll_wait)
 
+# The shared block, declared from its single source (the layout, a comment
+# per field, the static checks): shmsignal/includes/shmsig_abi.h.
+cdef extern from "shmsig_abi.h" nogil:
+    enum:
+        SHMSIG_MAGIC
+        SHMSIG_VERSION
+        SHMSIG_SIZE
+        SHMSIG_ALIGN
+
+    ctypedef struct shmsig_side_t:
+        uint8_t enabled
+        uint8_t pending
+        uint8_t dirty
+
+    ctypedef struct shmsig_shared_t:
+        uint32_t magic
+        uint32_t version
+        shmsig_side_t side[2]
+
 cdef enum:
-    SHMSIG_MAGIC = 0x56534947       # "VSIG"
-    SHMSIG_VERSION = 1
-    SHMSIG_SIZE = 192               # three cache lines
-    SHMSIG_ALIGN = 64
     SHMSIG_DRAIN_BYTES = 64         # one drain takes up to this many queued kicks
 
 cdef enum:
@@ -54,20 +69,6 @@ cdef enum:
     SHMSIG_KICK_OK = 0
     SHMSIG_KICK_BUSY = 1            # earlier kicks are still unread: the peer will wake
     SHMSIG_KICK_FAILED = -1
-
-# Shared layout.  Each side's flags sit on their own cache line so that the
-# two directions of a ring never false-share.
-cdef struct shmsig_side_t:
-    uint8_t enabled     # written by the owning side: "kick me when dirty"
-    uint8_t pending     # set by the peer when it kicks, cleared by the owner
-    uint8_t dirty       # set by the peer on every inject, cleared by the owner
-    uint8_t _pad[61]
-
-cdef struct shmsig_shared_t:
-    uint32_t magic      # written once by the creator
-    uint32_t version    # written once by the creator
-    uint8_t _pad[56]
-    shmsig_side_t side[2]
 
 # Private state of one endpoint (never in shared memory).
 cdef struct shmsig_t:

@@ -11,7 +11,6 @@ import pickle
 import select
 import signal
 import socket
-import struct
 import threading
 import time
 import traceback
@@ -88,7 +87,7 @@ class Frontend:
         while len(out) < want and time.monotonic() < deadline:
             m = self.evq.get(timeout=max(0.0, min(0.2, deadline - time.monotonic())))
             if m is not None:
-                out.append(struct.unpack_from("<IIQQ", m))
+                out.append(abi.EVENT_STRUCT.unpack_from(m))
         return out
 
     def close(self):

@@ -200,7 +200,7 @@ def test_tx_completion_events_echo_the_cookie(rig):
     r.wait_stats({"txc_events": 3, "to_tap_frames": 4})
     events = []
     while (m := r.evq.get(timeout=0)) is not None:
-        events.append(struct.unpack("<IIQQ", m))
+        events.append(abi.EVENT_STRUCT.unpack(m))
     assert events == [(abi.EV_TXC, abi.EVENT_SIZE, c, abi.RING_TX) for c in cookies]
 
 

@@ -293,8 +293,7 @@ def test_txc_event_when_the_tap_refuses_the_write(txc_device):
 def test_events_read_by_the_frontend_api_stay_compatible():
     """venet.frontend.Device.events() unpacks (type, a, b) from the same
     24-byte record; a sent frame's b is still 0 (ring 0, status 0)."""
-    import struct
-    rec = struct.pack("<IIQQ", abi.EV_TXC, abi.EVENT_SIZE, 7, 0)
+    rec = abi.EVENT_STRUCT.pack(abi.EV_TXC, abi.EVENT_SIZE, 7, 0)
     assert len(rec) == abi.EVENT_SIZE == 24
     assert {name: i for i, name in enumerate(abi.TXC_STATUS)} == STATUS
 

@@ -1,22 +1,16 @@
-"""venet device constants for Python (mirrors venet/abi.pxd)."""
+"""venet device constants for Python.  Every number, name table and record
+codec comes from venet._abi, built from venet/includes/venet_abi.h (the one
+source of the device ABI); this module adds the Python-side rules."""
+from venet._abi import (CAP_CSUM, CAP_ECN, CAP_EVQ_LINKSTATE, CAP_EVQ_TXC, CAP_GROUP_EVENTQ,
+                        CAP_GROUP_SG, CAP_SG, CAP_TSO4, CAP_TSO6, CAP_UFO, CAP_USO, ETH_HLEN,
+                        EV_LINKSTATE, EV_TXC, EVENT_DTYPE, EVENT_SIZE, EVENT_STRUCT, F_ECN, F_GSO,
+                        F_MORE, F_NEEDS_CSUM, F_TXC, GSO_TCPV4, GSO_TCPV6, GSO_UDP, GSO_UDP_L4,
+                        MAX_CHAIN, MAX_GSO_FRAME, MAX_MTU, META_DTYPE, META_REASONS, META_SIZE,
+                        META_STRUCT, MIN_BUF_SIZE, MIN_FRAME, MIN_MTU, NRINGS, RING_EVQ, RING_RX,
+                        RING_TX, TXC_META_BASE, TXC_STATUS, VERSION)
+
 DEVICE_TYPE = "virtual-ethernet"
-VERSION = 1
-RING_TX, RING_RX, RING_EVQ = 0, 1, 2
-NRINGS = 3
-ETH_HLEN = 14
-MIN_MTU, MAX_MTU = 68, 9000
-MIN_FRAME = 14
-META_SIZE = 16                     # the offload record before a frame (and the tap's vnet header)
-MAX_GSO_FRAME = 65536 + 14 + 4     # 64 KiB datagram + Ethernet header + VLAN tag
-MAX_CHAIN = 64                     # descriptors in one F_MORE chain
-MIN_BUF_SIZE = 256                 # smallest paired buffer a backend accepts
 
-FUNC_LINKUP, FUNC_LINKDOWN, FUNC_MACQUERY, FUNC_NEGCAP, FUNC_FLUSHRX = range(5)
-
-CAP_GROUP_SG, CAP_GROUP_EVENTQ = 0, 1
-CAP_SG, CAP_TSO4, CAP_TSO6, CAP_ECN, CAP_UFO = 1 << 0, 1 << 1, 1 << 2, 1 << 3, 1 << 4
-CAP_CSUM, CAP_USO = 1 << 6, 1 << 7
-CAP_EVQ_LINKSTATE, CAP_EVQ_TXC = 1 << 0, 1 << 1
 # The offload bits of the SG group, and what each needs besides itself.
 OFFLOAD_CAPS = CAP_CSUM | CAP_TSO4 | CAP_TSO6 | CAP_ECN | CAP_USO
 CAP_NAMES = {CAP_SG: "sg", CAP_CSUM: "csum", CAP_TSO4: "tso4", CAP_TSO6: "tso6",
@@ -62,18 +56,21 @@ def parse_offloads(text):
     return bits
 
 
-F_NEEDS_CSUM, F_GSO, F_ECN, F_TXC, F_MORE = 1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20
-GSO_TCPV4, GSO_UDP, GSO_TCPV6, GSO_UDP_L4 = 0, 1, 2, 3
 GSO_NAMES = {GSO_TCPV4: "tcpv4", GSO_UDP: "udp", GSO_TCPV6: "tcpv6", GSO_UDP_L4: "udp_l4"}
 # Which SG-group capability allows each GSO type.
 GSO_CAP = {GSO_TCPV4: CAP_TSO4, GSO_UDP: CAP_UFO, GSO_TCPV6: CAP_TSO6, GSO_UDP_L4: CAP_USO}
 
-EV_LINKSTATE, EV_TXC = 0, 1
-EVENT_SIZE = 24
-# An EV_TXC event's b: the ring (0, TX) in bits 0..31, what became of the
-# frame in bits 32..63 (0: written to the tap; else why it was refused).
-TXC_STATUS = ("sent", "bad_desc", "bad_chain", "bad_flags", "meta_not_negotiated", "meta_bad_csum",
-              "meta_bad_gso", "meta_too_long", "short", "tap_error")
+# An event (EVENT_STRUCT packs and unpacks type, size, a, b).  EV_TXC's b:
+# the ring (RING_TX) in bits 0..31, what became of the frame in bits
+# 32..63, an index into TXC_STATUS (0 "sent": written to the tap).
+
+
+def check_mtu(mtu):
+    """mtu if a device may have it, else ValueError saying the range."""
+    if not MIN_MTU <= mtu <= MAX_MTU:
+        raise ValueError(f"MTU {mtu} is out of range {MIN_MTU}..{MAX_MTU}")
+    return mtu
+
 
 # The role each side plays on the device's rings (ioq: 0 producer, 1
 # consumer): the frontend creates the region declaring FRONTEND_ROLES, the

@@ -176,7 +176,7 @@ class Device:
         if self.evq is not None and (self.caps.get(abi.CAP_GROUP_EVENTQ, 0) & abi.CAP_EVQ_LINKSTATE
                                      or etype != abi.EV_LINKSTATE):
             try:
-                self.evq.put(struct.pack("<IIQQ", etype, abi.EVENT_SIZE, a, b), timeout=0)
+                self.evq.put(abi.EVENT_STRUCT.pack(etype, abi.EVENT_SIZE, a, b), timeout=0)
             except ioq.IoqError:
                 pass
 

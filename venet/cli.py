@@ -29,6 +29,7 @@ def _cpus(text):
 
 
 def build_parser():
+    from venet import abi
     p = _Parser(prog="venet", description="venet: a userspace virtual-ethernet device over "
                                            "shared-memory rings")
     sub = p.add_subparsers(dest="cmd", metavar="COMMAND", parser_class=_Parser)
@@ -76,7 +77,7 @@ def build_parser():
     br.add_argument("--netns", type=_netns, help="network namespace of the tap")
     br.add_argument("--socket", default=DEFAULT_SOCKET, type=_sockpath, metavar="PATH",
                     help=f"control socket (default {DEFAULT_SOCKET})")
-    br.add_argument("--mtu", type=_mtu, help="MTU (68..9000)")
+    br.add_argument("--mtu", type=_mtu, help=f"MTU ({abi.MIN_MTU}..{abi.MAX_MTU})")
     br.add_argument("--mac", type=_mac, help="MAC address of the device (unicast)")
     br.add_argument("--master", type=_ifname, help="attach the tap to this Linux bridge")
     br.add_argument("--poll-us", type=_poll, default=0, metavar="N",
@@ -165,9 +166,11 @@ def _mtu(text):
         v = int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"MTU must be a number, not {text!r}")
-    if not 68 <= v <= 9000:
-        raise argparse.ArgumentTypeError(f"MTU {v} is out of range 68..9000")
-    return v
+    from venet import abi
+    try:
+        return abi.check_mtu(v)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
 
 
 def _mac(text):

@@ -51,7 +51,6 @@ import collections
 import logging
 import select
 import socket
-import struct
 import threading
 import time
 
@@ -386,7 +385,7 @@ class Device:
             if m is None:
                 break
             if len(m) >= abi.EVENT_SIZE:
-                etype, _size, a, b = struct.unpack_from("<IIQQ", m)
+                etype, _size, a, b = abi.EVENT_STRUCT.unpack_from(m)
                 if etype == abi.EV_LINKSTATE:
                     self.link = bool(a)
                 out.append((etype, a, b))

@@ -1,4 +1,4 @@
-# Frame offload metadata: the venet record (venet_meta_t, venet/abi.pxd) and
+# Frame offload metadata: the venet record (venet_meta_t, venet/includes/venet_abi.h) and
 # the kernel's virtio_net_hdr (the tap's IFF_VNET_HDR header), translated
 # both ways and validated.  Inline nogil C for the pumps and the frontend.
 #
@@ -29,14 +29,16 @@ cdef enum:
     VIRTIO_NET_HDR_GSO_ECN = 0x80
     GSO_BY_FRAGS = 0xffff       # the kernel's marker, never a real MSS
 
-# Why a frame's metadata was refused (counted per reason by the pumps).
-cdef enum:
-    META_OK = 0
-    META_NOT_NEGOTIATED = 1     # an offload this device did not negotiate
-    META_BAD_CSUM = 2           # checksum start/offset outside the frame
-    META_BAD_GSO = 3            # unknown type, MSS 0, header length outside the frame
-    META_TOO_LONG = 4           # longer than the device's limit for this kind of frame
-    META_NREASONS = 5
+# Why a frame's metadata was refused (counted per reason by the pumps):
+# venet_meta_reason in venet/includes/venet_abi.h, under short names.
+cdef extern from "venet_abi.h" nogil:
+    enum:
+        META_OK "VENET_META_OK"
+        META_NOT_NEGOTIATED "VENET_META_NOT_NEGOTIATED"
+        META_BAD_CSUM "VENET_META_BAD_CSUM"
+        META_BAD_GSO "VENET_META_BAD_GSO"
+        META_TOO_LONG "VENET_META_TOO_LONG"
+        META_NREASONS "VENET_META_NREASONS"
 
 # The SG-group capability that allows each venet GSO type.
 cdef inline uint32_t venet_gso_cap(uint32_t gso_type) noexcept nogil:

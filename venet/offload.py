@@ -21,8 +21,7 @@ from venet import abi
 
 ETH_P_IP, ETH_P_IPV6, ETH_P_8021Q = 0x0800, 0x86DD, 0x8100
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
-_REC = struct.Struct("<HHBxHHxxxxxx")
-assert _REC.size == abi.META_SIZE
+_REC = abi.META_STRUCT         # csum_start, csum_offset, gso_type, gso_hdrlen, gso_size
 
 
 class Meta(NamedTuple):

@@ -32,8 +32,8 @@ from venet import abi
 from venet.devices._pump import Pump
 
 TARGET = "pump"
-DESC = struct.Struct("<QQIIII")
-SG = struct.Struct("<QII")
+DESC = ioq.DESC_STRUCT
+SG = ioq.SG_STRUCT
 M32 = 0xffffffff
 VENET_BITS = (abi.F_NEEDS_CSUM, abi.F_GSO, abi.F_ECN, abi.F_TXC, abi.F_MORE)
 CAPS = (0, abi.CAP_CSUM, abi.consistent_caps(abi.OFFLOAD_CAPS))
@@ -212,7 +212,7 @@ def TestOneInput(data):
         descs, pos, tap_sent = [], 0, 0
         for _ in range(fdp.ConsumeIntInRange(1, 3)):
             for _ in range(fdp.ConsumeIntInRange(0, min(ntx, 2 * abi.MAX_CHAIN + 4))):
-                cons = struct.unpack_from("<I", mem, tx_at - ioq.RING_HDR_SIZE + 64)[0]
+                cons = struct.unpack_from("<I", mem, tx_at - ioq.RING_HDR_SIZE + ioq.RING_CONS_OFF)[0]
                 if pos - cons >= ntx:
                     break                       # would overwrite a slot not released
                 d = (fdp.ConsumeIntInRange(0, (1 << 64) - 1), _offset(fdp, region, lo, hi, ntx),
@@ -241,7 +241,7 @@ def TestOneInput(data):
 
 def _check(pump, region, mem, snap, descs, tap_sent, a, b, mtu, txc, lo, hi):
     st = pump.stats()
-    released = struct.unpack_from("<I", mem, region.ring_offset(0) + 64)[0]
+    released = struct.unpack_from("<I", mem, region.ring_offset(0) + ioq.RING_CONS_OFF)[0]
     groups = _groups([d[3] for d in descs[:released]])
     tap_left = len(_drain(a))
     tap_read = tap_sent - tap_left
@@ -298,7 +298,7 @@ def _check(pump, region, mem, snap, descs, tap_sent, a, b, mtu, txc, lo, hi):
             m = ev.get(timeout=0)
             if m is None:
                 break
-            etype, size, ca, cb = struct.unpack("<IIQQ", m)
+            etype, size, ca, cb = abi.EVENT_STRUCT.unpack(m)
             ring, status = cb & 0xffffffff, cb >> 32
             if etype != abi.EV_TXC or size != abi.EVENT_SIZE or ca not in cookies or ring != abi.RING_TX:
                 raise Finding(f"event {(etype, size, ca, cb)} names no frame that asked for one")

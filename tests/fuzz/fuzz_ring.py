@@ -21,10 +21,13 @@ import ioq
 from tests.fuzz._runner import Finding, fuzz_main
 
 TARGET = "ring"
-DESC = struct.Struct("<QQIIII")
-SG = struct.Struct("<QII")
+DESC = ioq.DESC_STRUCT
+SG = ioq.SG_STRUCT
 M32 = 0xffffffff
-OK, BAD_FLAGS, ZERO_LEN, BOUNDS, TOO_LONG, SG_TABLE, SG_ENTRY = range(7)
+# The model names each refusal; the built table says its code.
+OK, BAD_FLAGS, ZERO_LEN, BOUNDS, TOO_LONG, SG_TABLE, SG_ENTRY = (
+    ioq.BAD_REASONS.index(n) for n in ("ok", "bad_flags", "zero_len", "out_of_bounds", "too_long",
+                                       "bad_sg_table", "bad_sg_entry"))
 
 
 def _span(lo, hi, off, ln):
@@ -128,8 +131,8 @@ def TestOneInput(data):
         ring_at = region.ring_offset(0)
         k = fdp.ConsumeIntInRange(0, 2)       # start: 0, just before the u32 wrap, anywhere
         head = 0 if k == 0 else (M32 - fdp.ConsumeIntInRange(0, 32)) if k == 1 else fdp.ConsumeIntInRange(0, M32)
-        struct.pack_into("<I", mem, ring_at, head)
-        struct.pack_into("<I", mem, ring_at + 64, head)
+        struct.pack_into("<I", mem, ring_at + ioq.RING_PROD_OFF, head)
+        struct.pack_into("<I", mem, ring_at + ioq.RING_CONS_OFF, head)
         max_len = fdp.ConsumeIntInRange(1, hi - lo + 64) if fdp.ConsumeBool() else None
         # SG tables (and any bytes) in the pool.
         tables = []
@@ -182,7 +185,7 @@ def TestOneInput(data):
                     raise Finding(f"counter {name}={st[name]}, the model {bad[r]}")
             c.release(notify=False)
             head = (head + k) & M32
-            cons = struct.unpack_from("<I", mem, ring_at + 64)[0]
+            cons = struct.unpack_from("<I", mem, ring_at + ioq.RING_CONS_OFF)[0]
             if cons != head:
                 raise Finding(f"released index {cons:#x}, expected {head:#x}")
     finally:

@@ -73,11 +73,12 @@ def pair(netns, procs, sockdir):
 def test_backoff_schedule():
     b = fe.Backoff()
     assert b.due()
+    expected = [0.01, 0.02, 0.04, 0.08, 0.1, 0.1, 0.1]
     delays = []
-    for _ in range(7):
+    for _ in expected:
         b.failed()
         delays.append(round(b.delay, 3))
-    assert delays == [0.01, 0.02, 0.04, 0.08, 0.1, 0.1, 0.1]
+    assert delays == expected
     assert not b.due()
     b.reset()
     assert b.due()

@@ -79,7 +79,7 @@ cdef struct pump_stats_t:
     uint64_t drop_bad_desc         # refused by ioq validation (see ring stats)
     uint64_t drop_short            # shorter than an Ethernet header
     uint64_t drop_offload          # flags this pump does not honour
-    uint64_t drop_meta[5]          # offload record refused, by META_* reason
+    uint64_t drop_meta[VENET_META_NREASONS]  # offload record refused, by META_* reason
     uint64_t drop_chain            # a VENET_F_MORE chain too long or malformed
     uint64_t drop_tap_write        # the kernel refused the frame
     uint64_t to_tap_gso            # frames with GSO metadata, each way
@@ -157,8 +157,8 @@ cdef class Pump:
             raise ValueError("the pump consumes `inr` and produces on `outr`")
         if not 1 <= budget <= MAX_BUDGET:
             raise ValueError(f"budget must be 1..{MAX_BUDGET}")
-        if not 68 <= mtu <= VENET_MAX_MTU:
-            raise ValueError(f"mtu must be 68..{VENET_MAX_MTU}")
+        if not VENET_MIN_MTU <= mtu <= VENET_MAX_MTU:
+            raise ValueError(f"mtu must be {VENET_MIN_MTU}..{VENET_MAX_MTU}")
         pb = outr.region.paired_base(outr.index)
         if pb is None:
             raise ValueError("the out ring has no paired buffers")
@@ -649,9 +649,8 @@ cdef class Pump:
     def stats(self):
         s = dict(self.st)
         meta = s.pop("drop_meta")
-        for i, name in enumerate(("ok", "not_negotiated", "bad_csum", "bad_gso", "too_long")):
-            if i:
-                s[f"drop_meta_{name}"] = meta[i]
+        for i in range(1, VENET_META_NREASONS):
+            s["drop_meta_" + venet_meta_reason_names[i].decode()] = meta[i]
         s["in_ring"] = self.inr.stats()
         s["out_ring"] = self.outr.stats()
         return s
