@@ -565,6 +565,12 @@ class Bridge:
             pass
         self.conns.pop(conn.fd, None)
         conn.sock.close()
+        # A closed connection's deadlines stay in the heap until due; when
+        # they outnumber the live ones, drop them now, so a burst of short
+        # connections holds no memory for a handshake timeout's length.
+        if len(self._timers) > 2 * len(self.conns) + 64:
+            self._timers = [t for t in self._timers if t[3] is None or not t[3].closed]
+            heapq.heapify(self._timers)
 
     def _interest(self, conn):
         events = selectors.EVENT_WRITE if conn.out else selectors.EVENT_READ
