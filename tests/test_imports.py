@@ -220,9 +220,6 @@ def test_no_import_cycle_in_python_modules(graph):
     assert cycles(python_only(ROOT, edges)) == []
 
 
-@pytest.mark.xfail(strict=True, reason="ioq._region imports ioq._ring inside producer()/consumer() "
-                                       "while ioq._ring cimports ioq._region; the Ring API rework "
-                                       "removes it (then drop this mark)")
 def test_no_import_cycle(graph):
     edges, _ = graph
     assert cycles(edges) == []
