@@ -266,8 +266,9 @@ cdef inline uint32_t ioq_pop(ioq_ring_t *r, ioq_item_t *out, uint32_t n,
 cdef inline void ioq_unpop(ioq_ring_t *r, const ioq_item_t *items, uint32_t k) noexcept nogil:
     """Consumer: give back the last k popped, not yet released, descriptors
     (`items` points at the first of them): the next pop copies and
-    validates them again.  For a layer that must see a whole group of
-    descriptors (a frame chain) before it can act on any of them."""
+    validates them again.  For a consumer that finds it cannot take an
+    item after all (Ring.get_batch: a message wider than a row); to read
+    only whole groups of descriptors, peek first (ioq_peek_flags)."""
     cdef uint32_t i
     if k > r.head - r.released:
         k = r.head - r.released
