@@ -49,6 +49,23 @@ F_SEAL_FUTURE_WRITE = getattr(fcntl, "F_SEAL_FUTURE_WRITE", 0x0010)
 WRITE_SEALS = fcntl.F_SEAL_WRITE | F_SEAL_FUTURE_WRITE
 ROLE_NAMES = ("producer", "consumer")
 
+
+def _no_ring_type(*args, **kw):
+    raise ImportError("ioq._ring is not loaded: import ioq (or ioq._ring) first")
+
+
+# ioq._ring builds on this module and registers its Ring class here, so that
+# Region.producer()/consumer() can make rings without this module importing
+# ioq._ring back (the dependency points one way only).  Importing any ioq
+# module runs ioq/__init__.py first, which loads both.
+_ring_factory = _no_ring_type
+
+
+def _set_ring_factory(factory):
+    global _ring_factory
+    _ring_factory = factory
+
+
 # Every size and offset is checked where it is declared (ioq_abi.h,
 # shmsig_abi.h: _Static_assert), so a build that disagrees does not compile.
 
@@ -587,13 +604,11 @@ cdef class Region:
 
     def producer(self, int i, **kw):
         """The producer end of ring i."""
-        from ioq._ring import Ring
-        return Ring(self, i, 0, **kw)
+        return _ring_factory(self, i, 0, **kw)
 
     def consumer(self, int i, **kw):
         """The consumer end of ring i."""
-        from ioq._ring import Ring
-        return Ring(self, i, 1, **kw)
+        return _ring_factory(self, i, 1, **kw)
 
     def _track(self, ring):
         self._rings.add(ring)

@@ -18,7 +18,7 @@ from shmsignal.includes.osdefs cimport (epoll_create1, epoll_ctl, epoll_event, E
 from ioq.abi cimport *
 from ioq.ring cimport *
 from ioq._region cimport Region
-from ioq._region import IoqError, _doorbell_kind
+from ioq._region import IoqError, _doorbell_kind, _set_ring_factory
 from ioq._abi import BAD_REASONS
 
 ROLE_PRODUCER = IOQ_ROLE_PRODUCER
@@ -45,8 +45,8 @@ cdef class Ring:
                   kick_fd=None, poll_us=0, max_len=None):
         self._open = False
         self._descs = NULL
-        self._items = NULL
-        self._sg = NULL
+        self.items = NULL
+        self.sg = NULL
         self._epfd = -1
         region._check_open()
         region._ring_index(index)
@@ -98,13 +98,13 @@ cdef class Ring:
         self._open = True
         self.poll_us = poll_us
         pb = region.paired_base(index)
-        self._buf_size = region.hdr.buf_size
-        self._pair_off = 0 if pb is None else region.buffer_offset(pb) if region.hdr.nbufs else 0
-        self._sg_cap = region.hdr.max_sg * 2
+        ioq_set_pairs(&self.r, 0 if pb is None else region.buffer_offset(pb) if region.hdr.nbufs else 0,
+                      region.hdr.buf_size)
+        self.sg_cap = region.hdr.max_sg * 2
         self._descs = <ioq_desc_t *>malloc(sizeof(ioq_desc_t) * info.count)
-        self._items = <ioq_item_t *>malloc(sizeof(ioq_item_t) * info.count)
-        self._sg = <ioq_sg_t *>malloc(sizeof(ioq_sg_t) * self._sg_cap)
-        if self._descs == NULL or self._items == NULL or self._sg == NULL:
+        self.items = <ioq_item_t *>malloc(sizeof(ioq_item_t) * info.count)
+        self.sg = <ioq_sg_t *>malloc(sizeof(ioq_sg_t) * self.sg_cap)
+        if self._descs == NULL or self.items == NULL or self.sg == NULL:
             raise MemoryError()
         region._track(self)
 
@@ -114,8 +114,8 @@ cdef class Ring:
         if self._have_epfd:
             os.close(self._epfd)
         free(self._descs)
-        free(self._items)
-        free(self._sg)
+        free(self.items)
+        free(self.sg)
 
     def close(self):
         if self._open:
@@ -133,12 +133,16 @@ cdef class Ring:
     def __exit__(self, *exc):
         self.close()
 
-    cdef int _live(self) except -1:
+    cdef int usable(self, int role) except -1:
+        """Raise unless the ring is open, unbroken and (role >= 0) this
+        end plays `role`."""
         if not self._open:
             raise IoqError("ring is closed")
         if self.r.broken:
             raise RingBroken(f"ring {self.index}: the peer published an impossible index; "
                              "the ring must be reset")
+        if role >= 0 and self.role != role:
+            raise IoqError(f"this is the {'producer' if self.role == 0 else 'consumer'} end of the ring")
         return 0
 
     @property
@@ -176,18 +180,18 @@ cdef class Ring:
 
     def free(self):
         """Producer: slots free now."""
-        self._live()
+        self.usable(-1)
         return ioq_free(&self.r, self.r.count)
 
     def ready(self):
         """Consumer: descriptors ready to pop now."""
-        self._live()
+        self.usable(-1)
         return ioq_avail(&self.r)
 
     def push(self, descs, bint notify=True):
         """Producer: publish descriptors from a buffer of 32-byte records
         (ioq.DESC_DTYPE).  Returns how many fitted."""
-        self._require(IOQ_ROLE_PRODUCER)
+        self.usable(IOQ_ROLE_PRODUCER)
         cdef Py_buffer b
         PyObject_GetBuffer(descs, &b, PyBUF_C_CONTIGUOUS)
         cdef uint32_t k
@@ -199,7 +203,7 @@ cdef class Ring:
         finally:
             PyBuffer_Release(&b)
         if k and notify:
-            shmsig_inject(&self.r.sig)
+            ioq_kick_peer(&self.r)
         return k
 
     def pop(self, items, sg=None):
@@ -208,7 +212,7 @@ cdef class Ring:
         status and are counted.  Indirect lists are copied into `sg` (records
         of ioq.SG_DTYPE, at least max_sg of them).  Call release() when the
         buffers may be reused.  Returns the count."""
-        self._require(IOQ_ROLE_CONSUMER)
+        self.usable(IOQ_ROLE_CONSUMER)
         cdef Py_buffer b, s
         cdef uint32_t k, used = 0
         cdef bint have_sg = sg is not None
@@ -235,21 +239,21 @@ cdef class Ring:
 
     def release(self, bint notify=True):
         """Consumer: hand popped slots (and paired buffers) back."""
-        self._live()
+        self.usable(-1)
         ioq_release(&self.r)
         if notify:
-            shmsig_inject(&self.r.sig)
+            ioq_kick_peer(&self.r)
 
     def notify(self):
         """Wake the peer if it asked to be woken.  True if a kick was sent."""
-        self._live()
-        return shmsig_inject(&self.r.sig) == 1
+        self.usable(-1)
+        return ioq_kick_peer(&self.r) == 1
 
     def arm(self):
         """Drain this end's doorbell and ask to be kicked, so that fileno()
         becomes readable on the peer's next inject (for select/epoll users).
         Returns True if work is already there: consume it instead of waiting."""
-        self._live()
+        self.usable(-1)
         shmsig_ack(&self.r.sig)
         # Consume the 'work pending' mark before looking at the ring: left
         # set, it would make every later arm() say True and a select()
@@ -265,10 +269,12 @@ cdef class Ring:
     def wait(self, timeout=None):
         """Wait for the peer: data (consumer) or space (producer).  Busy-polls
         poll_us first.  True if signalled, False on timeout."""
-        self._live()
-        return self._wait(timeout) == 1
+        self.usable(-1)
+        return self.wait_peer(timeout) == 1
 
-    cdef int _wait(self, object timeout) except -1:
+    cdef int wait_peer(self, object timeout) except -1:
+        """Wait (GIL released) for the peer's next kick: 1 when kicked, 0
+        on timeout (None: forever).  Busy-polls poll_us first."""
         cdef int64_t tns = -1 if timeout is None else <int64_t>(timeout * 1e9)
         cdef int rc
         if tns < -1:
@@ -281,15 +287,11 @@ cdef class Ring:
             raise OSError(f"ring {self.index}: the doorbell reported an error or hang-up")
         return rc
 
-    def _require(self, int role):
-        self._live()
-        if self.role != role:
-            raise IoqError(f"this is the {'producer' if self.role == 0 else 'consumer'} end of the ring")
-
     # ---- messages over paired buffers ------------------------------------
 
-    cdef int _need_pairs(self) except -1:
-        if self._pair_off == 0:
+    cdef int need_pairs(self) except -1:
+        """Raise unless the ring has paired buffers."""
+        if self.r.pair_off == 0:
             raise IoqError(f"ring {self.index} has no paired buffers; use push()/pop() with your own buffers")
         return 0
 
@@ -297,16 +299,16 @@ cdef class Ring:
         """Producer: 1 when a slot is free, 0 on timeout."""
         while ioq_free(&self.r, 1) == 0:
             if self.r.broken:
-                self._live()
-            if self._wait(timeout) == 0 and ioq_free(&self.r, 1) == 0:
+                self.usable(-1)
+            if self.wait_peer(timeout) == 0 and ioq_free(&self.r, 1) == 0:
                 return 0
         return 1
 
     def put(self, data, timeout=None):
         """Producer: copy one message into the next paired buffer and publish
         it.  Blocks while the ring is full; returns False on timeout."""
-        self._require(IOQ_ROLE_PRODUCER)
-        self._need_pairs()
+        self.usable(IOQ_ROLE_PRODUCER)
+        self.need_pairs()
         cdef const uint8_t[::1] mv
         cdef const char *src
         cdef Py_ssize_t n
@@ -317,12 +319,12 @@ cdef class Ring:
             mv = memoryview(data).cast("B")
             n = mv.shape[0]
             src = <const char *>&mv[0] if n else NULL
-        if n == 0 or n > self._buf_size:
-            raise ValueError(f"message of {n} bytes: must be 1 to {self._buf_size} bytes")
+        if n == 0 or n > self.r.buf_size:
+            raise ValueError(f"message of {n} bytes: must be 1 to {self.r.buf_size} bytes")
         if ioq_free(&self.r, 1) == 0 and not self._wait_space(timeout):
             return False
         cdef ioq_desc_t d
-        d.offset = self._pair_off + <uint64_t>(self.r.head & self.r.mask) * self._buf_size
+        d.offset = ioq_pair(&self.r, self.r.head)
         memcpy(self.r.base + d.offset, src, n)
         d.cookie = self.r.head
         d.len = <uint32_t>n
@@ -330,7 +332,7 @@ cdef class Ring:
         d.user = 0
         d.seq = 0
         ioq_push(&self.r, &d, 1)
-        shmsig_inject(&self.r.sig)
+        ioq_kick_peer(&self.r)
         return True
 
     def put_batch(self, data, lens=None, timeout=None):
@@ -338,8 +340,8 @@ cdef class Ring:
         (one message per row; `lens` gives each row's length, default the
         row width).  Publishes as many as fit, blocking only while none fit.
         Returns how many were published (0 on timeout)."""
-        self._require(IOQ_ROLE_PRODUCER)
-        self._need_pairs()
+        self.usable(IOQ_ROLE_PRODUCER)
+        self.need_pairs()
         cdef Py_buffer b, lb
         cdef bint have_lens = lens is not None
         cdef uint32_t i, k, rows, width, ln
@@ -359,8 +361,8 @@ cdef class Ring:
                     raise ValueError("lens must be a uint32 array with one entry per row")
                 lp = <uint32_t *>lb.buf
             try:
-                if not have_lens and (width == 0 or width > self._buf_size):
-                    raise ValueError(f"rows of {width} bytes: must be 1 to {self._buf_size} bytes")
+                if not have_lens and (width == 0 or width > self.r.buf_size):
+                    raise ValueError(f"rows of {width} bytes: must be 1 to {self.r.buf_size} bytes")
                 if rows == 0:
                     return 0
                 if ioq_free(&self.r, 1) == 0 and not self._wait_space(timeout):
@@ -370,13 +372,13 @@ cdef class Ring:
                     k = rows
                 for i in range(k):
                     ln = lp[i] if have_lens else width
-                    if ln == 0 or ln > width or ln > self._buf_size:
+                    if ln == 0 or ln > width or ln > self.r.buf_size:
                         if i == 0:
-                            raise ValueError(f"row {i}: length {ln} must be 1 to {min(width, self._buf_size)}")
+                            raise ValueError(f"row {i}: length {ln} must be 1 to {min(width, self.r.buf_size)}")
                         k = i
                         break
                     d = &self._descs[i]
-                    off = self._pair_off + <uint64_t>((self.r.head + i) & self.r.mask) * self._buf_size
+                    off = ioq_pair(&self.r, self.r.head + i)
                     memcpy(self.r.base + off, <char *>b.buf + <size_t>i * width, ln)
                     d.cookie = self.r.head + i
                     d.offset = off
@@ -385,7 +387,7 @@ cdef class Ring:
                     d.user = 0
                     d.seq = 0
                 ioq_push(&self.r, self._descs, k)
-                shmsig_inject(&self.r.sig)
+                ioq_kick_peer(&self.r)
                 return k
             finally:
                 if have_lens:
@@ -400,12 +402,12 @@ cdef class Ring:
         if n > self.r.count:
             n = self.r.count
         while True:
-            k = ioq_pop(&self.r, self._items, n, self._sg, self._sg_cap, &used)
+            k = ioq_pop(&self.r, self.items, n, self.sg, self.sg_cap, &used)
             if k:
                 return k
-            self._live()
-            if self._wait(timeout) == 0 and not ioq_peek(&self.r):
-                self._live()
+            self.usable(-1)
+            if self.wait_peer(timeout) == 0 and not ioq_peek(&self.r):
+                self.usable(-1)
                 return 0
 
     cdef uint32_t _copy_out(self, ioq_item_t *it, char *dst) noexcept:
@@ -416,7 +418,7 @@ cdef class Ring:
             memcpy(dst, self.r.base + it.offset, it.len)
             return it.len
         for j in range(it.sg_count):
-            e = &self._sg[it.sg_first + j]
+            e = &self.sg[it.sg_first + j]
             memcpy(dst + done, self.r.base + e.offset, e.len)
             done += e.len
         return done
@@ -424,18 +426,18 @@ cdef class Ring:
     def get(self, timeout=None):
         """Consumer: the next message as bytes (copied out of shared memory),
         or None on timeout.  Bad descriptors are skipped and counted."""
-        self._require(IOQ_ROLE_CONSUMER)
+        self.usable(IOQ_ROLE_CONSUMER)
         cdef ioq_item_t *it
         cdef bytes out
         while True:
             if self._pop_some(1, timeout) == 0:
                 return None
-            it = &self._items[0]
+            it = &self.items[0]
             if it.status == IOQ_OK:
                 out = PyBytes_FromStringAndSize(NULL, it.len)
                 self._copy_out(it, PyBytes_AS_STRING(out))
                 ioq_release(&self.r)
-                shmsig_inject(&self.r.sig)
+                ioq_kick_peer(&self.r)
                 return out
             ioq_release(&self.r)
 
@@ -445,7 +447,7 @@ cdef class Ring:
         Waits while the ring is empty; returns the count (0 on timeout).  A
         message longer than a row stays in the ring and raises ValueError if
         it is the first."""
-        self._require(IOQ_ROLE_CONSUMER)
+        self.usable(IOQ_ROLE_CONSUMER)
         cdef Py_buffer b, lb
         cdef uint32_t rows, width, k, i, got = 0
         cdef ioq_item_t *it
@@ -463,7 +465,7 @@ cdef class Ring:
                     return 0
                 k = self._pop_some(rows, timeout)
                 for i in range(k):
-                    it = &self._items[i]
+                    it = &self.items[i]
                     if it.status != IOQ_OK:
                         continue
                     if it.len > width:
@@ -475,7 +477,7 @@ cdef class Ring:
                     (<uint32_t *>lb.buf)[got] = self._copy_out(it, <char *>b.buf + <size_t>got * width)
                     got += 1
                 ioq_release(&self.r)
-                shmsig_inject(&self.r.sig)
+                ioq_kick_peer(&self.r)
                 return got
             finally:
                 PyBuffer_Release(&lb)
@@ -502,3 +504,6 @@ cdef class Ring:
             s[BAD_REASONS[i]] = self.r.bad[i]
         s["bad_total"] = sum(self.r.bad[i] for i in range(1, IOQ_NREASONS))
         return s
+
+
+_set_ring_factory(Ring)

@@ -31,6 +31,8 @@ cdef struct ioq_ring_t:
     uint32_t released       # consumer: last cons index published
     uint32_t max_sg
     uint32_t max_len        # consumer: longest buffer or chain accepted
+    uint64_t pair_off       # paired buffer of slot 0 (0: the ring has none)
+    uint32_t buf_size       # bytes of each paired buffer
     int role
     int broken              # the peer published an impossible index
     shmsig_t sig
@@ -68,9 +70,8 @@ cdef inline void ioq_commit(ioq_ring_t *r, uint32_t k) noexcept nogil:
     consumer waiting at head could chase the producer through the batch a
     slot at a time, pulling each line back between the producer's stores
     (two descriptors share a line); last to first, it polls only the first
-    slot's line until the batch is whole.  With the vCPUs far apart (spin
-    390 ns) this took ioq-stream-b32 from 45-49 to 50-52 M msg/s; close
-    together it changes nothing."""
+    slot's line until the batch is whole (docs/architecture.md, "Ring
+    core", has the measurement)."""
     cdef uint32_t i, pos
     i = k
     while i > 0:
@@ -132,6 +133,31 @@ cdef inline bint ioq_peek(ioq_ring_t *r) noexcept nogil:
 cdef inline bint ioq_peek_at(ioq_ring_t *r, uint32_t i) noexcept nogil:
     """Consumer: is the slot i places after the next one published?"""
     return venet_load_acquire_u32(&r.desc[(r.head + i) & r.mask].seq) == r.head + i + 1
+
+
+cdef inline bint ioq_peek_flags(ioq_ring_t *r, uint32_t i, uint32_t *flags) noexcept nogil:
+    """Consumer: is the slot i places after the next one published?  If so,
+    *flags is its flags word as it reads now: a hint for deciding how many
+    slots to pop, never a fact to act on (the peer may rewrite the slot
+    before the pop; only the popped, validated copy counts)."""
+    cdef ioq_desc_t *slot = &r.desc[(r.head + i) & r.mask]
+    if venet_load_acquire_u32(&slot.seq) != r.head + i + 1:
+        return False
+    flags[0] = venet_load_relaxed_u32(&slot.flags)
+    return True
+
+
+cdef inline uint64_t ioq_pair(ioq_ring_t *r, uint32_t pos) noexcept nogil:
+    """Offset from the region base of the paired buffer of ring position
+    `pos` (any position: it is taken modulo the ring).  Only for a ring with
+    paired buffers (pair_off != 0)."""
+    return r.pair_off + <uint64_t>(pos & r.mask) * r.buf_size
+
+
+cdef inline void ioq_set_pairs(ioq_ring_t *r, uint64_t pair_off, uint32_t buf_size) noexcept nogil:
+    """After ioq_init: slot i owns the buffer at pair_off + i * buf_size."""
+    r.pair_off = pair_off
+    r.buf_size = buf_size
 
 
 cdef inline uint32_t ioq_avail(ioq_ring_t *r) noexcept nogil:
@@ -240,8 +266,9 @@ cdef inline uint32_t ioq_pop(ioq_ring_t *r, ioq_item_t *out, uint32_t n,
 cdef inline void ioq_unpop(ioq_ring_t *r, const ioq_item_t *items, uint32_t k) noexcept nogil:
     """Consumer: give back the last k popped, not yet released, descriptors
     (`items` points at the first of them): the next pop copies and
-    validates them again.  For a layer that must see a whole group of
-    descriptors (a frame chain) before it can act on any of them."""
+    validates them again.  For a consumer that finds it cannot take an
+    item after all (Ring.get_batch: a message wider than a row); to read
+    only whole groups of descriptors, peek first (ioq_peek_flags)."""
     cdef uint32_t i
     if k > r.head - r.released:
         k = r.head - r.released
@@ -257,6 +284,47 @@ cdef inline void ioq_release(ioq_ring_t *r) noexcept nogil:
     if r.released != r.head:
         r.released = r.head
         venet_store_release_u32(r.cons_p, r.head)
+
+
+# The ring's doorbell, reached through ioq so that the layer above never
+# touches the shmsignal state inside ioq_ring_t.
+
+cdef inline int ioq_kick_peer(ioq_ring_t *r) noexcept nogil:
+    """Tell the peer there is work (producer: descriptors; consumer: slots
+    released).  1 if it was kicked, 0 if it did not need to be, -1 if its
+    doorbell refused (counted).  Never blocks."""
+    return shmsig_inject(&r.sig)
+
+
+cdef inline int ioq_take(ioq_ring_t *r) noexcept nogil:
+    """1 if the peer kicked (or marked work) since the last take."""
+    return shmsig_take(&r.sig)
+
+
+cdef inline int ioq_arm(ioq_ring_t *r) noexcept nogil:
+    """Ask to be kicked.  1 if work arrived meanwhile: then do not sleep
+    (ioq_disarm and look again)."""
+    return shmsig_enable(&r.sig)
+
+
+cdef inline void ioq_disarm(ioq_ring_t *r) noexcept nogil:
+    shmsig_disable(&r.sig)
+
+
+cdef inline int ioq_wait_fd(ioq_ring_t *r) noexcept nogil:
+    """The doorbell the peer rings, for an edge-triggered epoll (EPOLLET):
+    every kick is an edge, so it need never be read to re-arm."""
+    return r.sig.wait_fd
+
+
+cdef inline void ioq_kicked(ioq_ring_t *r) noexcept nogil:
+    """The wait fd reported an edge: let the peer kick again.  A socket
+    doorbell is drained with one non-blocking recv so its queue stays
+    short; an eventfd (perhaps the peer's, whose flags it controls) is
+    never read."""
+    if r.sig.wait_kind == SHMSIG_FD_SOCKET:
+        shmsig_drain_fd(r.sig.wait_fd, SHMSIG_FD_SOCKET, -1)
+    shmsig_allow_kick(&r.sig)
 
 
 cdef inline int ioq_init(ioq_ring_t *r, char *base, uint64_t ring_off, uint32_t count,
@@ -278,6 +346,8 @@ cdef inline int ioq_init(ioq_ring_t *r, char *base, uint64_t ring_off, uint32_t 
     r.mask = count - 1
     r.max_sg = max_sg
     r.max_len = <uint32_t>(pool_hi - pool_lo) if pool_hi - pool_lo < 0xffffffffu else 0xffffffffu
+    r.pair_off = 0
+    r.buf_size = 0
     r.role = role
     r.broken = 0
     r.ops = 0

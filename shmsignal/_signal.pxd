@@ -1,4 +1,3 @@
-from libc.stdint cimport int64_t
 from cpython.buffer cimport Py_buffer
 from shmsignal.shmsig cimport shmsig_t
 
@@ -6,4 +5,3 @@ cdef class Signal:
     cdef shmsig_t s
     cdef Py_buffer _view
     cdef bint _have_view
-    cdef int64_t _poll_ns

@@ -59,7 +59,6 @@ cdef class Signal:
             raise SignalError(f"signal block at {offset} has version {shm.version}, expected {SHMSIG_VERSION}")
         shmsig_bind(&self.s, shm, side, wait_fd, kick_fd)
         shmsig_set_kinds(&self.s, doorbell_kind(wait_fd), wait_fd, doorbell_kind(kick_fd))
-        self._poll_ns = 0
 
     def __dealloc__(self):
         if self._have_view:

@@ -214,10 +214,6 @@ cdef inline int shmsig_take(shmsig_t *s) noexcept nogil:
     return venet_xchg_u8(&mine.dirty, 0) != 0
 
 
-cdef inline int shmsig_peek(shmsig_t *s) noexcept nogil:
-    return venet_load_relaxed_u8(&s.shm.side[s.me].dirty) != 0
-
-
 cdef inline void shmsig_drain_fd(int fd, int kind, int sleep_fd) noexcept nogil:
     """One drain of a doorbell: a read of up to SHMSIG_DRAIN_BYTES (a
     stream socket gives many kicks at once; an eventfd its whole count).

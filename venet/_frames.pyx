@@ -1,6 +1,6 @@
 # cython: language_level=3, boundscheck=False, wraparound=False
 """Frames with offload records and VENET_F_MORE chains, for the frontend's
-Python API (the pumps do the same in C; see venet/devices/_pump.pyx).
+Python API.  The chain codec (venet/chain.pxd) is the one the pumps use.
 
 ioq's message API (Ring.put/get) moves one buffer per message; a venet
 frame may need several (a 64 KiB GSO frame spans many paired buffers) and
@@ -9,20 +9,14 @@ layer over a Ring without a Python object per descriptor.
 """
 from libc.stdint cimport uint8_t, uint32_t, uint64_t
 from libc.string cimport memcpy
+from posix.uio cimport iovec
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
-from shmsignal.includes.atomics cimport venet_cpu_relax
-from shmsignal.shmsig cimport *
 from ioq.abi cimport *
 from ioq.ring cimport *
 from ioq._ring cimport Ring
-from ioq._region import IoqError
+from ioq import IoqError
 from venet.abi cimport *
-
-# How long a consumer waits for the rest of a chain whose first slots are
-# published: its producer publishes a whole chain in one loop, so a chain
-# still short after this many looks is one a broken peer will never finish.
-cdef enum:
-    CHAIN_PATIENCE = 100000
+from venet.chain cimport *
 
 
 class ChainError(IoqError):
@@ -37,14 +31,13 @@ def send_frame(Ring ring not None, data, unsigned int flags=0, meta=None, timeou
     room; returns False on timeout (True on success, or with want_cookie
     the first descriptor's cookie, which a TX completion event echoes, or
     None on timeout)."""
-    ring._require(IOQ_ROLE_PRODUCER)
-    ring._need_pairs()
+    ring.usable(IOQ_ROLE_PRODUCER)
+    ring.need_pairs()
     cdef const uint8_t[::1] src = memoryview(data).cast("B")
     cdef const uint8_t[::1] rec
     cdef uint32_t mlen = 0, n = <uint32_t>src.shape[0], total, nslots, j, piece, at = 0
-    cdef uint32_t bs = ring._buf_size
     cdef ioq_ring_t *r = &ring.r
-    cdef ioq_desc_t *d
+    cdef uint32_t bs = r.buf_size
     cdef char *dst
     if meta is not None:
         rec = memoryview(meta).cast("B")
@@ -61,17 +54,12 @@ def send_frame(Ring ring not None, data, unsigned int flags=0, meta=None, timeou
         raise ValueError(f"a frame of {n} bytes needs {nslots} buffers of {bs}; the limit is "
                          f"{min(<uint32_t>VENET_MAX_CHAIN, r.count)}")
     while ioq_free(r, nslots) < nslots:
-        ring._live()
-        if ring._wait(timeout) == 0 and ioq_free(r, nslots) < nslots:
+        ring.usable(-1)
+        if ring.wait_peer(timeout) == 0 and ioq_free(r, nslots) < nslots:
             return None if want_cookie else False
     cdef uint64_t cookie = r.head
     for j in range(nslots):
-        d = ioq_slot(r, j)
-        d.offset = ring._pair_off + <uint64_t>((r.head + j) & r.mask) * bs
-        d.cookie = r.head + j
-        d.user = 0
-        d.flags = VENET_F_MORE if j + 1 < nslots else 0
-        dst = r.base + d.offset
+        dst = r.base + ioq_pair(r, r.head + j)
         piece = bs
         if j == 0 and mlen:
             memcpy(dst, &rec[0], mlen)
@@ -81,10 +69,9 @@ def send_frame(Ring ring not None, data, unsigned int flags=0, meta=None, timeou
             piece = n - at
         memcpy(dst, &src[at], piece)
         at += piece
-        d.len = piece + (mlen if j == 0 else 0)
-    ioq_slot(r, 0).flags |= flags
+    venet_chain_fill(r, 0, total, flags, 0)
     ioq_commit(r, nslots)
-    shmsig_inject(&r.sig)
+    ioq_kick_peer(r)
     return cookie if want_cookie else True
 
 
@@ -93,102 +80,75 @@ def recv_frame(Ring ring not None, timeout=None):
     offload record (bytes) when flags carry NEEDS_CSUM or GSO, else None,
     and data is the frame after it.  None on timeout.  A frame made of bad
     descriptors is skipped (counted by the ring); a chain too long raises
-    ChainError after skipping it."""
-    ring._require(IOQ_ROLE_CONSUMER)
+    ChainError after skipping it, and so does a chain whose end is still
+    not published when the timeout expires."""
+    ring.usable(IOQ_ROLE_CONSUMER)
     cdef ioq_ring_t *r = &ring.r
-    cdef ioq_item_t *items = ring._items
-    cdef uint32_t k, e, j, q, used, tries = 0, want = VENET_MAX_CHAIN + 1
-    cdef uint64_t total
-    cdef bint bad
-    cdef bytes out
-    cdef object rec
-    cdef char *dst
-    cdef uint32_t skip, flags, first_len
-    cdef uint64_t first_off
-    if want > r.count:
-        want = r.count
+    cdef uint32_t n, k, seen
+    cdef iovec iov[VENET_CHAIN_MAX_IOV]
     while True:
-        k = ioq_pop(r, items, want, ring._sg, ring._sg_cap, &used)
-        if k == 0:
-            ring._live()
-            if ring._wait(timeout) == 0 and not ioq_peek(r):
+        n = venet_chain_peek(r, &seen)
+        if n == 0:
+            ring.usable(-1)
+            if ring.wait_peer(timeout) == 0 and venet_chain_peek(r, &seen) == 0:
+                if seen:
+                    raise ChainError(f"ring {ring.index}: the peer published the start of a "
+                                     "frame chain and not its end")
                 return None
             continue
-        e = 0
-        while e < k and items[e].flags & VENET_F_MORE and e < VENET_MAX_CHAIN:
-            e += 1
-        if e >= VENET_MAX_CHAIN:
-            # Skip the whole chain, however long, then report it.
-            ioq_unpop(r, &items[e], k - e)
-            ioq_release(r)
+        if n == VENET_CHAIN_TOO_LONG:
             _skip_chain(ring)
-            shmsig_inject(&r.sig)
-            raise ChainError(f"ring {ring.index}: a frame chain longer than {VENET_MAX_CHAIN} "
-                             "descriptors was skipped")
-        if e == k:
-            ioq_unpop(r, items, k)
-            tries += 1
-            if tries > CHAIN_PATIENCE:
-                raise ChainError(f"ring {ring.index}: the peer published the start of a frame "
-                                 "chain and not its end")
-            venet_cpu_relax()
-            continue
-        # items[0..e] is a whole frame; give the rest back.
-        ioq_unpop(r, &items[e + 1], k - e - 1)
-        bad = False
-        total = 0
-        for j in range(e + 1):
-            if items[j].status != IOQ_OK or (j > 0 and (items[j].sg_count or
-                                                        items[j].flags & 0xffff0000 & ~(<uint32_t>VENET_F_MORE))):
-                bad = True
-            total += items[j].len
-        flags = items[0].flags & 0xffff0000 & ~(<uint32_t>VENET_F_MORE)
-        skip = VENET_META_SIZE if flags & (VENET_F_NEEDS_CSUM | VENET_F_GSO) else 0
+            raise ChainError(f"ring {ring.index}: a frame chain longer than "
+                             f"{VENET_MAX_CHAIN} descriptors was skipped")
+        k = venet_chain_pop(r, ring.items, n, ring.sg, ring.sg_cap)
+        got = _take_frame(ring, n, k, iov)
+        ioq_release(r)
+        ioq_kick_peer(r)
+        if got is not None:
+            return got
+
+
+cdef object _take_frame(Ring ring, uint32_t n, uint32_t k, iovec *iov):
+    """(data, flags, record) of the k popped descriptors of a frame counted
+    n long, copied out of shared memory; None if it is refused."""
+    cdef ioq_item_t *items = ring.items
+    cdef uint64_t total
+    cdef uint32_t niov, flags, i
+    cdef venet_meta_t meta
+    cdef object rec = None
+    cdef bytes out
+    cdef char *dst
+    if venet_chain_check(items, k, n) != VENET_CHAIN_OK:
+        return None
+    niov = venet_chain_iov(ring.r.base, items, n, ring.sg, iov, &total)
+    flags = venet_chain_flags(items)
+    if flags & VENET_F_META:
         # The record lies whole in the frame's first piece (as the pumps
         # require): a direct buffer, or an SG list's first entry.
-        if items[0].sg_count:
-            first_off = ring._sg[items[0].sg_first].offset
-            first_len = ring._sg[items[0].sg_first].len
-        else:
-            first_off = items[0].offset
-            first_len = items[0].len
-        if bad or total <= skip or first_len < skip or (e > 0 and items[0].sg_count):
-            ioq_release(r)
-            shmsig_inject(&r.sig)
-            continue
-        rec = PyBytes_FromStringAndSize(r.base + first_off, skip) if skip else None
-        out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>(total - skip))
-        dst = PyBytes_AS_STRING(out)
-        for j in range(e + 1):
-            if items[j].sg_count == 0:
-                dst = _take(dst, r.base + items[j].offset, items[j].len, &skip)
-            else:
-                for q in range(items[j].sg_count):
-                    dst = _take(dst, r.base + ring._sg[items[j].sg_first + q].offset,
-                                ring._sg[items[j].sg_first + q].len, &skip)
-        ioq_release(r)
-        shmsig_inject(&r.sig)
-        return out, flags, rec
-
-
-cdef inline char *_take(char *dst, const char *src, uint32_t n, uint32_t *skip) noexcept nogil:
-    """Copy a piece, leaving out its first *skip bytes (the record, only
-    ever in the first piece); returns where the next piece goes."""
-    cdef uint32_t s = skip[0]
-    memcpy(dst, src + s, n - s)
-    skip[0] = 0
-    return dst + (n - s)
+        if not venet_chain_record(iov, &total, &meta):
+            return None
+        rec = PyBytes_FromStringAndSize(<char *>&meta, VENET_META_SIZE)
+    if total == 0:
+        return None
+    out = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>total)
+    dst = PyBytes_AS_STRING(out)
+    for i in range(niov):
+        memcpy(dst, iov[i].iov_base, iov[i].iov_len)
+        dst += iov[i].iov_len
+    return out, flags, rec
 
 
 cdef void _skip_chain(Ring ring):
-    """Pop and release descriptors up to and including the next one without
-    VENET_F_MORE, as far as they are published."""
+    """Pop and release a chain too long, up to and including its first
+    descriptor without MORE, as far as it is published."""
     cdef ioq_ring_t *r = &ring.r
-    cdef uint32_t k, i, used
+    cdef uint32_t n, seen
     while True:
-        k = ioq_pop(r, ring._items, 1, NULL, 0, &used)
-        if k == 0:
-            return
+        n = venet_chain_peek(r, &seen)
+        if seen == 0:
+            break
+        venet_chain_pop(r, ring.items, seen, ring.sg, ring.sg_cap)
         ioq_release(r)
-        if not ring._items[0].flags & VENET_F_MORE:
-            return
+        if n != 0 and n != VENET_CHAIN_TOO_LONG:
+            break
+    ioq_kick_peer(r)
