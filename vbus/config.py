@@ -98,7 +98,7 @@ class _Checker:
     def ident(self, kind, value, key):
         if kind in ("uid", "gid") and isinstance(value, str):
             try:
-                return pwd.getpwnam(value).pw_uid if kind == "uid" else grp.getgrnam(value).gr_gid
+                return (pwd.getpwnam(value).pw_uid if kind == "uid" else grp.getgrnam(value).gr_gid), None
             except KeyError:
                 self.fail(key, f"no {'user' if kind == 'uid' else 'group'} {value[:40]!r}")
         start = None
