@@ -23,7 +23,6 @@ re-parented (to init or a subreaper) and no longer matches either: a pid
 rule lasts as long as its process.  The walk reads /proc at the time of
 the check; the daemon checks when a connection is made.
 """
-import os
 import socket
 import struct
 from dataclasses import dataclass

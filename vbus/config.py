@@ -206,7 +206,7 @@ def build(reg, cfg, source="<config>"):
         for name, rules in plan_buses.items():
             reg.create_bus(name)
             for action, kind, value, start in rules:
-                reg._rule(action, name, *(value if k == kind else None for k in KINDS), start)
+                getattr(reg, action)(name, **{kind: value}, start=start)
         for name, cls_name, attrs, targets in plan_devices:
             try:
                 reg.create_device(name, cls_name, attrs, targets)
