@@ -1,9 +1,9 @@
 """The product's import graph: layers point down only (shmsignal <- ioq <-
-venet), no cycles, and nothing of bench/ or tests/, which are not part of
+vbus <- venet), no cycles, and nothing of bench/ or tests/, which are not part of
 the installed package.  The graph is read from the sources (ast for .py; the
 import and cimport lines of .pyx/.pxd), module-level and function-level
 imports alike; each product module is then imported alone in a fresh
-interpreter that sees only the three product packages, as an installed
+interpreter that sees only the product packages, as an installed
 wheel would."""
 import ast
 import os
@@ -15,8 +15,8 @@ import textwrap
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-PRODUCT = ("shmsignal", "ioq", "venet")
-LAYER = {"shmsignal": 0, "ioq": 1, "venet": 2}
+PRODUCT = ("shmsignal", "ioq", "vbus", "venet")
+LAYER = {"shmsignal": 0, "ioq": 1, "vbus": 2, "venet": 3}
 CHECKOUT_ONLY = ("bench", "tests")
 SOURCES = (".py", ".pyx", ".pxd")
 
@@ -228,7 +228,7 @@ def test_product_imports_nothing_of_bench_or_tests(graph):
 
 def test_layers_point_down(graph):
     edges, _ = graph
-    assert upward(edges) == [], "shmsignal <- ioq <- venet: a lower layer imports a higher one"
+    assert upward(edges) == [], "shmsignal <- ioq <- vbus <- venet: a lower layer imports a higher one"
 
 
 def test_no_import_cycle_in_python_modules(graph):
@@ -306,7 +306,7 @@ def test_not_built_checkout_says_build(tmp_path):
 
 def test_wheel_packages_are_the_product():
     """The packages pyproject.toml puts into a wheel: every package under
-    shmsignal/, ioq/ and venet/, and nothing else."""
+    shmsignal/, ioq/, vbus/ and venet/, and nothing else."""
     tomllib = pytest.importorskip("tomllib")
     from setuptools import find_packages
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
