@@ -59,7 +59,7 @@ cdef inline void _sleep_step(ioq_ring_t *r, int mode, int64_t poll_ns) noexcept 
     cdef int i
     if mode == MODE_POLL:
         for i in range(SPIN_BACKOFF):
-            venet_cpu_relax()
+            shm_cpu_relax()
     elif mode == MODE_SIGNAL:
         shmsig_wait(&r.sig, 1_000_000_000, poll_ns)
     elif mode == MODE_ALWAYS:
@@ -92,22 +92,22 @@ def spin_ping(buf, Py_ssize_t n, out):
     cdef int64_t *ns = _ns_buffer(out, &o, n)
     cdef uint32_t *line = <uint32_t *>b.buf
     cdef Py_ssize_t i
-    cdef uint64_t t0, deadline = venet_now_ns() + DEADLINE_NS
+    cdef uint64_t t0, deadline = shm_now_ns() + DEADLINE_NS
     cdef int ok = 1
     cdef unsigned int spins = 0
     with nogil:
         for i in range(n):
-            t0 = venet_now_ns()
-            venet_store_release_u32(line, <uint32_t>(2 * i + 1))
-            while venet_load_acquire_u32(line) != <uint32_t>(2 * i + 2):
-                venet_cpu_relax()
+            t0 = shm_now_ns()
+            shm_store_release_u32(line, <uint32_t>(2 * i + 1))
+            while shm_load_acquire_u32(line) != <uint32_t>(2 * i + 2):
+                shm_cpu_relax()
                 spins += 1
-                if (spins & 4095) == 0 and venet_now_ns() > deadline:
+                if (spins & 4095) == 0 and shm_now_ns() > deadline:
                     ok = 0
                     break
             if not ok:
                 break
-            ns[i] = <int64_t>(venet_now_ns() - t0)
+            ns[i] = <int64_t>(shm_now_ns() - t0)
     PyBuffer_Release(&o)
     PyBuffer_Release(&b)
     if not ok:
@@ -119,16 +119,16 @@ def spin_pong(buf, Py_ssize_t n):
     PyObject_GetBuffer(buf, &b, PyBUF_WRITABLE)
     cdef uint32_t *line = <uint32_t *>b.buf
     cdef Py_ssize_t i
-    cdef uint64_t deadline = venet_now_ns() + DEADLINE_NS
+    cdef uint64_t deadline = shm_now_ns() + DEADLINE_NS
     cdef unsigned int spins = 0
     with nogil:
         for i in range(n):
-            while venet_load_acquire_u32(line) != <uint32_t>(2 * i + 1):
-                venet_cpu_relax()
+            while shm_load_acquire_u32(line) != <uint32_t>(2 * i + 1):
+                shm_cpu_relax()
                 spins += 1
-                if (spins & 1023) == 0 and venet_now_ns() > deadline:
+                if (spins & 1023) == 0 and shm_now_ns() > deadline:
                     break
-            venet_store_release_u32(line, <uint32_t>(2 * i + 2))
+            shm_store_release_u32(line, <uint32_t>(2 * i + 2))
     PyBuffer_Release(&b)
 
 
@@ -154,11 +154,11 @@ def fd_ping(int wfd, int rfd, int size, Py_ssize_t n, out):
     cdef int err = 0
     with nogil:
         for i in range(n):
-            t0 = venet_now_ns()
+            t0 = shm_now_ns()
             if _fd_xfer(wfd, True, size) or _fd_xfer(rfd, False, size):
                 err = 1
                 break
-            ns[i] = <int64_t>(venet_now_ns() - t0)
+            ns[i] = <int64_t>(shm_now_ns() - t0)
     PyBuffer_Release(&o)
     if err:
         raise OSError(errno, "fd ping-pong failed")
@@ -198,13 +198,13 @@ cdef inline int _ring_recv1(ioq_ring_t *r, uint64_t seq, int mode, uint64_t dead
             return 0 if it.status == IOQ_OK and it.cookie == seq else -1
         if mode == MODE_POLL:
             # The tightest loop: a round trip here is the ring's own cost.
-            venet_cpu_relax()
+            shm_cpu_relax()
             spins += 1
-            if (spins & 4095) == 0 and venet_now_ns() > deadline:
+            if (spins & 4095) == 0 and shm_now_ns() > deadline:
                 return -1
         else:
             _sleep_step(r, mode, 0)
-            if venet_now_ns() > deadline:
+            if shm_now_ns() > deadline:
                 return -1
 
 
@@ -212,15 +212,15 @@ def ring_ping(Ring tx, Ring rx, Py_ssize_t n, out, int mode, uint64_t buf_off):
     cdef Py_buffer o
     cdef int64_t *ns = _ns_buffer(out, &o, n)
     cdef Py_ssize_t i
-    cdef uint64_t t0, deadline = venet_now_ns() + DEADLINE_NS
+    cdef uint64_t t0, deadline = shm_now_ns() + DEADLINE_NS
     cdef int err = 0
     with nogil:
         for i in range(n):
-            t0 = venet_now_ns()
+            t0 = shm_now_ns()
             if _ring_send1(&tx.r, i, buf_off, mode) or _ring_recv1(&rx.r, i, mode, deadline):
                 err = 1
                 break
-            ns[i] = <int64_t>(venet_now_ns() - t0)
+            ns[i] = <int64_t>(shm_now_ns() - t0)
     PyBuffer_Release(&o)
     if err:
         raise RuntimeError(f"ring ping-pong failed at round trip {i}")
@@ -228,7 +228,7 @@ def ring_ping(Ring tx, Ring rx, Py_ssize_t n, out, int mode, uint64_t buf_off):
 
 def ring_pong(Ring rx, Ring tx, Py_ssize_t n, int mode, uint64_t buf_off):
     cdef Py_ssize_t i
-    cdef uint64_t deadline = venet_now_ns() + DEADLINE_NS
+    cdef uint64_t deadline = shm_now_ns() + DEADLINE_NS
     cdef int err = 0
     with nogil:
         for i in range(n):
@@ -278,7 +278,7 @@ def spsc_stream_send(buf, uint64_t total, uint32_t batch):
     cdef Py_buffer b
     cdef spsc_t q
     cdef uint32_t head = 0, tail = 0, want, i
-    cdef uint64_t seq = 0, deadline = venet_now_ns() + DEADLINE_NS
+    cdef uint64_t seq = 0, deadline = shm_now_ns() + DEADLINE_NS
     cdef uint8_t payload[64]
     _spsc_open(buf, &b, batch, &q)
     memset(payload, 0xa5, 64)
@@ -286,18 +286,18 @@ def spsc_stream_send(buf, uint64_t total, uint32_t batch):
         while seq < total:
             want = batch if total - seq >= batch else <uint32_t>(total - seq)
             if SPSC_SLOTS - (head - tail) < want:
-                tail = venet_load_acquire_u32(q.tail_p)
+                tail = shm_load_acquire_u32(q.tail_p)
                 if SPSC_SLOTS - (head - tail) < want:
-                    if venet_now_ns() > deadline:
+                    if shm_now_ns() > deadline:
                         break
                     for i in range(SPIN_BACKOFF):
-                        venet_cpu_relax()
+                        shm_cpu_relax()
                     continue
             for i in range(want):
                 (<uint64_t *>payload)[0] = seq + i
                 memcpy(q.slots + <size_t>((head + i) & (SPSC_SLOTS - 1)) * 64, payload, 64)
             head += want
-            venet_store_release_u32(q.head_p, head)
+            shm_store_release_u32(q.head_p, head)
             seq += want
     PyBuffer_Release(&b)
     return seq
@@ -309,17 +309,17 @@ def spsc_stream_recv(buf, uint64_t total, uint32_t batch):
     cdef Py_buffer b
     cdef spsc_t q
     cdef uint32_t head = 0, tail = 0, k, i
-    cdef uint64_t seq = 0, errors = 0, deadline = venet_now_ns() + DEADLINE_NS
+    cdef uint64_t seq = 0, errors = 0, deadline = shm_now_ns() + DEADLINE_NS
     _spsc_open(buf, &b, batch, &q)
     with nogil:
         while seq < total:
             if head == tail:
-                head = venet_load_acquire_u32(q.head_p)
+                head = shm_load_acquire_u32(q.head_p)
                 if head == tail:
-                    if venet_now_ns() > deadline:
+                    if shm_now_ns() > deadline:
                         break
                     for i in range(SPIN_BACKOFF):
-                        venet_cpu_relax()
+                        shm_cpu_relax()
                     continue
             k = head - tail
             if k > batch:
@@ -329,7 +329,7 @@ def spsc_stream_recv(buf, uint64_t total, uint32_t batch):
                     errors += 1
                 seq += 1
             tail += k
-            venet_store_release_u32(q.tail_p, tail)
+            shm_store_release_u32(q.tail_p, tail)
     PyBuffer_Release(&b)
     return seq, errors
 
@@ -366,7 +366,7 @@ cdef inline bint _check(const uint8_t *p, uint64_t seq, uint32_t size) noexcept 
 cdef inline bint _idle(ioq_ring_t *r, int mode, int64_t poll_ns, uint64_t deadline) noexcept nogil:
     """Nothing to do this turn (ring empty or full): wait once.  False once
     the deadline has passed."""
-    if venet_now_ns() > deadline:
+    if shm_now_ns() > deadline:
         return False
     _sleep_step(r, mode, poll_ns)
     return True
@@ -379,7 +379,7 @@ def ring_stream_send(Ring tx, uint64_t total, uint32_t batch, uint64_t pair_off,
     the receiver).  `mode` (MODE_*) is how each side tells the other about
     new work or free space, and how it waits while the ring is full."""
     cdef ioq_ring_t *r = &tx.r
-    cdef uint64_t seq = 0, off, deadline = venet_now_ns() + DEADLINE_NS
+    cdef uint64_t seq = 0, off, deadline = shm_now_ns() + DEADLINE_NS
     cdef uint32_t k, i, want
     cdef ioq_desc_t *d
     cdef uint8_t payload[256]
@@ -429,7 +429,7 @@ def ring_stream_recv(Ring rx, uint64_t total, uint32_t batch, int mode=MODE_POLL
     carries the next sequence number (and, with verify, its whole payload).
     Returns (received, errors)."""
     cdef ioq_ring_t *r = &rx.r
-    cdef uint64_t seq = 0, errors = 0, deadline = venet_now_ns() + DEADLINE_NS
+    cdef uint64_t seq = 0, errors = 0, deadline = shm_now_ns() + DEADLINE_NS
     cdef uint32_t k, i
     cdef ioq_item_t items[256]
     cdef const uint8_t *p

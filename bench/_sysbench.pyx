@@ -5,7 +5,7 @@ the syscall entry and exit, the rest is the kernel's work per frame."""
 from libc.stdint cimport uint8_t, uint64_t
 from libc.errno cimport errno
 from posix.unistd cimport read, write
-from shmsignal.includes.atomics cimport venet_now_ns
+from shmsignal.includes.atomics cimport shm_now_ns
 
 cdef extern from "<unistd.h>" nogil:
     long syscall(long number, ...)
@@ -19,10 +19,10 @@ def bare_syscall_ns(long n):
     cdef long i
     cdef uint64_t t
     with nogil:
-        t = venet_now_ns()
+        t = shm_now_ns()
         for i in range(n):
             syscall(SYS_getppid)
-        t = venet_now_ns() - t
+        t = shm_now_ns() - t
     return t / <double>n
 
 
@@ -32,10 +32,10 @@ def read_empty_ns(int fd, long n):
     cdef uint64_t t
     cdef uint8_t buf[2048]
     with nogil:
-        t = venet_now_ns()
+        t = shm_now_ns()
         for i in range(n):
             read(fd, buf, 2048)
-        t = venet_now_ns() - t
+        t = shm_now_ns() - t
     return t / <double>n
 
 
@@ -47,12 +47,12 @@ def write_ns(int fd, const uint8_t[::1] frame, long n):
     cdef ssize_t w = 0
     cdef Py_ssize_t ln = frame.shape[0]
     with nogil:
-        t = venet_now_ns()
+        t = shm_now_ns()
         for i in range(n):
             w = write(fd, &frame[0], ln)
             if w != ln:
                 break
-        t = venet_now_ns() - t
+        t = shm_now_ns() - t
     if w != ln:
         raise OSError(errno, f"tap write returned {w}")
     return t / <double>n

@@ -52,7 +52,7 @@ cdef inline uint32_t ioq_free(ioq_ring_t *r, uint32_t want) noexcept nogil:
         return 0
     if r.count - used >= want:
         return r.count - used
-    c = venet_load_acquire_u32(r.cons_p)
+    c = shm_load_acquire_u32(r.cons_p)
     if <uint32_t>(r.head - c) > r.count:
         # The consumer claims to have read slots we never wrote.
         r.bad_index += 1
@@ -77,9 +77,9 @@ cdef inline void ioq_commit(ioq_ring_t *r, uint32_t k) noexcept nogil:
     while i > 0:
         i -= 1
         pos = r.head + i
-        venet_store_release_u32(&r.desc[pos & r.mask].seq, pos + 1)
+        shm_store_release_u32(&r.desc[pos & r.mask].seq, pos + 1)
     r.head += k
-    venet_store_release_u32(r.prod_p, r.head)
+    shm_store_release_u32(r.prod_p, r.head)
     r.ops += k
 
 
@@ -127,12 +127,12 @@ cdef inline ioq_desc_t *ioq_slot(ioq_ring_t *r, uint32_t i) noexcept nogil:
 
 cdef inline bint ioq_peek(ioq_ring_t *r) noexcept nogil:
     """Consumer: is the next slot published?"""
-    return venet_load_acquire_u32(&r.desc[r.head & r.mask].seq) == r.head + 1
+    return shm_load_acquire_u32(&r.desc[r.head & r.mask].seq) == r.head + 1
 
 
 cdef inline bint ioq_peek_at(ioq_ring_t *r, uint32_t i) noexcept nogil:
     """Consumer: is the slot i places after the next one published?"""
-    return venet_load_acquire_u32(&r.desc[(r.head + i) & r.mask].seq) == r.head + i + 1
+    return shm_load_acquire_u32(&r.desc[(r.head + i) & r.mask].seq) == r.head + i + 1
 
 
 cdef inline bint ioq_peek_flags(ioq_ring_t *r, uint32_t i, uint32_t *flags) noexcept nogil:
@@ -141,9 +141,9 @@ cdef inline bint ioq_peek_flags(ioq_ring_t *r, uint32_t i, uint32_t *flags) noex
     slots to pop, never a fact to act on (the peer may rewrite the slot
     before the pop; only the popped, validated copy counts)."""
     cdef ioq_desc_t *slot = &r.desc[(r.head + i) & r.mask]
-    if venet_load_acquire_u32(&slot.seq) != r.head + i + 1:
+    if shm_load_acquire_u32(&slot.seq) != r.head + i + 1:
         return False
-    flags[0] = venet_load_relaxed_u32(&slot.flags)
+    flags[0] = shm_load_relaxed_u32(&slot.flags)
     return True
 
 
@@ -163,7 +163,7 @@ cdef inline void ioq_set_pairs(ioq_ring_t *r, uint64_t pair_off, uint32_t buf_si
 cdef inline uint32_t ioq_avail(ioq_ring_t *r) noexcept nogil:
     """Consumer: how many slots are published now (scans the slots)."""
     cdef uint32_t k = 0
-    while k < r.count and venet_load_acquire_u32(&r.desc[(r.head + k) & r.mask].seq) == r.head + k + 1:
+    while k < r.count and shm_load_acquire_u32(&r.desc[(r.head + k) & r.mask].seq) == r.head + k + 1:
         k += 1
     return k
 
@@ -200,8 +200,8 @@ cdef inline uint32_t ioq_validate(ioq_ring_t *r, ioq_item_t *it, ioq_sg_t *sg,
     tbl = <ioq_sg_t *>(r.base + it.offset)
     for i in range(n):
         # One read of each field; only the copy is used from here on.
-        eoff = venet_load_relaxed_u64(&tbl[i].offset)
-        elen = venet_load_relaxed_u32(&tbl[i].len)
+        eoff = shm_load_relaxed_u64(&tbl[i].offset)
+        elen = shm_load_relaxed_u32(&tbl[i].len)
         sg[i].offset = eoff
         sg[i].len = elen
         sg[i].reserved = 0
@@ -230,7 +230,7 @@ cdef inline uint32_t ioq_pop(ioq_ring_t *r, ioq_item_t *out, uint32_t n,
         n = r.count
     for i in range(n):
         slot = &r.desc[(r.head + i) & r.mask]
-        if venet_load_acquire_u32(&slot.seq) != r.head + i + 1:
+        if shm_load_acquire_u32(&slot.seq) != r.head + i + 1:
             break
         k = i + 1
         memcpy(&d, slot, sizeof(ioq_desc_t))
@@ -283,7 +283,7 @@ cdef inline void ioq_release(ioq_ring_t *r) noexcept nogil:
     """Consumer: hand every popped slot (and its paired buffer) back."""
     if r.released != r.head:
         r.released = r.head
-        venet_store_release_u32(r.cons_p, r.head)
+        shm_store_release_u32(r.cons_p, r.head)
 
 
 # The ring's doorbell, reached through ioq so that the layer above never
@@ -355,8 +355,8 @@ cdef inline int ioq_init(ioq_ring_t *r, char *base, uint64_t ring_off, uint32_t 
     r.bad_index = 0
     for i in range(IOQ_NREASONS):
         r.bad[i] = 0
-    p = venet_load_acquire_u32(r.prod_p)
-    c = venet_load_acquire_u32(r.cons_p)
+    p = shm_load_acquire_u32(r.prod_p)
+    c = shm_load_acquire_u32(r.cons_p)
     if <uint32_t>(p - c) > count:
         return -1
     if role == IOQ_ROLE_PRODUCER:

@@ -92,18 +92,18 @@ cdef struct shmsig_t:
 cdef inline void shmsig_init_shared(shmsig_shared_t *shm) noexcept nogil:
     cdef int i
     for i in range(2):
-        venet_store_relaxed_u8(&shm.side[i].enabled, 0)
-        venet_store_relaxed_u8(&shm.side[i].pending, 0)
-        venet_store_relaxed_u8(&shm.side[i].dirty, 0)
+        shm_store_relaxed_u8(&shm.side[i].enabled, 0)
+        shm_store_relaxed_u8(&shm.side[i].pending, 0)
+        shm_store_relaxed_u8(&shm.side[i].dirty, 0)
     shm.version = SHMSIG_VERSION
-    venet_store_release_u32(&shm.magic, SHMSIG_MAGIC)
+    shm_store_release_u32(&shm.magic, SHMSIG_MAGIC)
 
 
 cdef inline int shmsig_check_shared(shmsig_shared_t *shm) noexcept nogil:
     """0 if the block carries our magic and version, else -1 / -2."""
-    if venet_load_acquire_u32(&shm.magic) != SHMSIG_MAGIC:
+    if shm_load_acquire_u32(&shm.magic) != SHMSIG_MAGIC:
         return -1
-    if venet_load_relaxed_u32(&shm.version) != SHMSIG_VERSION:
+    if shm_load_relaxed_u32(&shm.version) != SHMSIG_VERSION:
         return -2
     return 0
 
@@ -166,17 +166,17 @@ cdef inline int shmsig_inject(shmsig_t *s) noexcept nogil:
     Never blocks, with a SOCKET kick fd whatever its flags."""
     cdef shmsig_side_t *peer = &s.shm.side[1 - s.me]
     # Order the caller's publication (ring index) before we look at the flags.
-    venet_fence_seq_cst()
-    if venet_load_relaxed_u8(&peer.dirty) == 0:
-        venet_store_relaxed_u8(&peer.dirty, 1)
-        venet_fence_seq_cst()
-    elif venet_load_relaxed_u8(&peer.enabled) == 0:
+    shm_fence_seq_cst()
+    if shm_load_relaxed_u8(&peer.dirty) == 0:
+        shm_store_relaxed_u8(&peer.dirty, 1)
+        shm_fence_seq_cst()
+    elif shm_load_relaxed_u8(&peer.enabled) == 0:
         # Already dirty and the peer is not asleep: it will see the work.
         s.kicks_suppressed += 1
         return 0
     cdef int k
-    if venet_load_relaxed_u8(&peer.enabled) and not venet_load_relaxed_u8(&peer.pending):
-        venet_store_relaxed_u8(&peer.pending, 1)
+    if shm_load_relaxed_u8(&peer.enabled) and not shm_load_relaxed_u8(&peer.pending):
+        shm_store_relaxed_u8(&peer.pending, 1)
         if s.kick_fd >= 0:
             s.kicks_sent += 1
             k = shmsig_kick_fd(s.kick_fd, s.kick_kind)
@@ -191,27 +191,27 @@ cdef inline int shmsig_inject(shmsig_t *s) noexcept nogil:
 
 
 cdef inline void shmsig_disable(shmsig_t *s) noexcept nogil:
-    venet_store_relaxed_u8(&s.shm.side[s.me].enabled, 0)
+    shm_store_relaxed_u8(&s.shm.side[s.me].enabled, 0)
 
 
 cdef inline int shmsig_enable(shmsig_t *s) noexcept nogil:
     """Arm notifications.  Returns 1 if work arrived meanwhile: the caller
     must then not sleep (this re-check is what makes wake-ups unlosable)."""
     cdef shmsig_side_t *mine = &s.shm.side[s.me]
-    venet_store_relaxed_u8(&mine.enabled, 1)
-    venet_fence_seq_cst()
-    return venet_load_relaxed_u8(&mine.dirty) != 0
+    shm_store_relaxed_u8(&mine.enabled, 1)
+    shm_fence_seq_cst()
+    return shm_load_relaxed_u8(&mine.dirty) != 0
 
 
 cdef inline int shmsig_take(shmsig_t *s) noexcept nogil:
     """Consume the 'work pending' mark: 1 if the peer injected since the last
     take.  After 1 the caller must drain everything it can see."""
     cdef shmsig_side_t *mine = &s.shm.side[s.me]
-    if venet_load_relaxed_u8(&mine.dirty) == 0:
+    if shm_load_relaxed_u8(&mine.dirty) == 0:
         return 0
     # XCHG is a full barrier: the clear is ordered before the caller's
     # following loads of the ring, so a concurrent inject re-marks us.
-    return venet_xchg_u8(&mine.dirty, 0) != 0
+    return shm_xchg_u8(&mine.dirty, 0) != 0
 
 
 cdef inline void shmsig_drain_fd(int fd, int kind, int sleep_fd) noexcept nogil:
@@ -239,8 +239,8 @@ cdef inline void shmsig_drain(shmsig_t *s) noexcept nogil:
 cdef inline void shmsig_allow_kick(shmsig_t *s) noexcept nogil:
     """A kick reached us: let the peer send the next one.  For waiters that
     do not need the fd drained (edge-triggered epoll sees every write)."""
-    venet_store_relaxed_u8(&s.shm.side[s.me].pending, 0)
-    venet_fence_seq_cst()
+    shm_store_relaxed_u8(&s.shm.side[s.me].pending, 0)
+    shm_fence_seq_cst()
 
 
 cdef inline void shmsig_ack(shmsig_t *s) noexcept nogil:
@@ -251,14 +251,14 @@ cdef inline void shmsig_ack(shmsig_t *s) noexcept nogil:
 
 cdef inline int shmsig_poll_window(shmsig_t *s, int64_t poll_ns) noexcept nogil:
     """Busy-poll our dirty flag for at most poll_ns.  1 if it was set."""
-    cdef uint64_t deadline = venet_now_ns() + <uint64_t>poll_ns
+    cdef uint64_t deadline = shm_now_ns() + <uint64_t>poll_ns
     cdef unsigned int spins = 0
     while True:
-        if venet_load_relaxed_u8(&s.shm.side[s.me].dirty):
+        if shm_load_relaxed_u8(&s.shm.side[s.me].dirty):
             return 1
-        venet_cpu_relax()
+        shm_cpu_relax()
         spins += 1
-        if (spins & 63) == 0 and venet_now_ns() >= deadline:
+        if (spins & 63) == 0 and shm_now_ns() >= deadline:
             return 0
 
 
@@ -279,7 +279,7 @@ cdef inline int shmsig_wait(shmsig_t *s, int64_t timeout_ns, int64_t poll_ns) no
             shmsig_take(s)
             return 1
     if timeout_ns >= 0:
-        deadline = venet_now_ns() + <uint64_t>timeout_ns
+        deadline = shm_now_ns() + <uint64_t>timeout_ns
     pfd.fd = s.sleep_fd
     pfd.events = POLLIN
     while True:
@@ -298,7 +298,7 @@ cdef inline int shmsig_wait(shmsig_t *s, int64_t timeout_ns, int64_t poll_ns) no
         if timeout_ns < 0:
             ms = -1
         else:
-            now = venet_now_ns()
+            now = shm_now_ns()
             if now >= deadline:
                 shmsig_disable(s)
                 return shmsig_take(s)
@@ -319,8 +319,8 @@ cdef inline int shmsig_wait(shmsig_t *s, int64_t timeout_ns, int64_t poll_ns) no
             if pfd.revents & POLLIN:
                 # Allow the next kick at once; drain the fd lazily (above),
                 # which keeps a read() off the wake-to-work path.
-                venet_store_relaxed_u8(&s.shm.side[s.me].pending, 0)
-                venet_fence_seq_cst()
+                shm_store_relaxed_u8(&s.shm.side[s.me].pending, 0)
+                shm_fence_seq_cst()
                 s.stale = 1
             # A socket whose peer closed stays readable (EOF): without this
             # the loop would spin until the timeout.

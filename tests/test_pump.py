@@ -233,6 +233,13 @@ def test_refused_descriptors_are_counted_by_reason_and_never_written(rig):
         r.region.view(slot(i), abi.META_SIZE + len(data))[:] = meta.pack() + data
         return (slot(i), abi.META_SIZE + len(data), meta.flags)
 
+    def reserved(i, at, data):
+        """A valid checksum record with reserved byte `at` set."""
+        rec = bytearray(Meta(34, 16).pack())
+        rec[at] = 1
+        r.region.view(slot(i), abi.META_SIZE + len(data))[:] = bytes(rec) + data
+        return (slot(i), abi.META_SIZE + len(data), abi.F_NEEDS_CSUM)
+
     f = frame(300)
     for i in range(64):
         r.region.view(slot(i), bs)[:len(f)] = f
@@ -259,7 +266,12 @@ def test_refused_descriptors_are_counted_by_reason_and_never_written(rig):
          "drop_meta_bad_gso"),
         ([with_record(6, Meta(34, 300), f)], "drop_meta_bad_csum"),   # field past the frame
         ([with_record(7, Meta(2, 6), f)], "drop_meta_bad_csum"),      # inside Ethernet
-        ([(slot(8), 10, abi.F_NEEDS_CSUM)], "drop_meta_bad_csum"),    # shorter than its record
+        ([(slot(8), 10, abi.F_NEEDS_CSUM)], "drop_short"),            # shorter than its record
+        ([(slot(8), 29, abi.F_NEEDS_CSUM)], "drop_short"),            # record + 13 bytes
+        ([(slot(10), 10, abi.F_NEEDS_CSUM | abi.F_MORE), (slot(11), 300, 0)],
+         "drop_meta_bad_record"),                                 # record split across buffers
+        ([reserved(12, 5, f)], "drop_meta_bad_record"),           # a reserved byte set
+        ([reserved(13, 15, f)], "drop_meta_bad_record"),
         ([with_record(9, Meta(34, 16, abi.GSO_TCPV4, 1000, 54), f)], "drop_meta_not_negotiated"),
     ]
     want = {}

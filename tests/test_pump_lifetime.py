@@ -187,8 +187,8 @@ def test_link_up_waits_for_a_parked_pump():
 # ---- bug 8: every TXC frame gets its event, saying what became of it ------
 
 # An EV_TXC event's b: ring in bits 0..31, this status in bits 32..63.
-STATUS = {"sent": 0, "bad_desc": 1, "bad_chain": 2, "bad_flags": 3, "meta_not_negotiated": 4,
-          "meta_bad_csum": 5, "meta_bad_gso": 6, "meta_too_long": 7, "short": 8, "tap_error": 9}
+STATUS = {name: code for code, name in enumerate(abi.TXC_STATUS)}
+
 
 def _send_tx(fe, frames, notify=True):
     """Publish frames (bytes, flags) or raw (offset, len, flags) tuples on
@@ -245,6 +245,7 @@ def test_txc_event_for_every_frame_sent_or_refused(txc_device):
         ((pool_end - 8, 64, abi.F_TXC), "bad_desc"),                  # out of the pool
         ((ok, abi.F_TXC | (1 << 21)), "bad_flags"),                   # a bit nobody defined
         ((ok[:10], abi.F_TXC), "short"),
+        ((ok[:10], abi.F_TXC | abi.F_NEEDS_CSUM), "short"),        # no room for its record
         ((b"\0" * 16 + ok, abi.F_TXC | abi.F_NEEDS_CSUM), "meta_not_negotiated"),
         ((ok + b"\0" * (1520 - len(ok)), abi.F_TXC), "meta_too_long"),   # over MTU + 14
         ((ok, 0), None),                                              # no TXC asked: no event
@@ -255,8 +256,8 @@ def test_txc_event_for_every_frame_sent_or_refused(txc_device):
     assert fe.events(1, timeout=0.2) == []                    # nothing for the frame without TXC
     c = dev.pump.stats()
     assert (c["to_tap_frames"], c["drop_bad_desc"], c["drop_offload"], c["drop_short"],
-            c["drop_meta_not_negotiated"], c["drop_meta_too_long"]) == (2, 1, 1, 1, 1, 1)
-    assert c["txc_events"] == 6
+            c["drop_meta_not_negotiated"], c["drop_meta_too_long"]) == (2, 1, 1, 2, 1, 1)
+    assert c["txc_events"] == 7
 
 
 def test_txc_event_for_refused_chains(txc_device):

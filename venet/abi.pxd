@@ -65,6 +65,7 @@ cdef extern from "venet_abi.h" nogil:
         VENET_META_BAD_CSUM
         VENET_META_BAD_GSO
         VENET_META_TOO_LONG
+        VENET_META_BAD_RECORD
         VENET_META_NREASONS
 
     const char *const venet_meta_reason_names[]
@@ -89,6 +90,7 @@ cdef extern from "venet_abi.h" nogil:
         VENET_TXC_META_BAD_CSUM
         VENET_TXC_META_BAD_GSO
         VENET_TXC_META_TOO_LONG
+        VENET_TXC_META_BAD_RECORD
         VENET_TXC_SHORT
         VENET_TXC_TAP_ERROR
         VENET_TXC_NSTATUS

@@ -38,6 +38,7 @@ cdef extern from "venet_abi.h" nogil:
         META_BAD_CSUM "VENET_META_BAD_CSUM"
         META_BAD_GSO "VENET_META_BAD_GSO"
         META_TOO_LONG "VENET_META_TOO_LONG"
+        META_BAD_RECORD "VENET_META_BAD_RECORD"
         META_NREASONS "VENET_META_NREASONS"
 
 # The SG-group capability that allows each venet GSO type.
@@ -61,6 +62,8 @@ cdef inline uint32_t venet_meta_check(const venet_meta_t *m, uint32_t flags, uin
     cdef uint32_t need
     if not flags & (VENET_F_NEEDS_CSUM | VENET_F_GSO | VENET_F_ECN):
         return META_OK if frame_len <= max_plain else META_TOO_LONG
+    if m._pad or m._pad2 or m._pad3:
+        return META_BAD_RECORD
     if not caps & VENET_CAP_CSUM:
         return META_NOT_NEGOTIATED
     if flags & VENET_F_NEEDS_CSUM:

@@ -37,9 +37,9 @@ SG = ioq.SG_STRUCT
 M32 = 0xffffffff
 VENET_BITS = (abi.F_NEEDS_CSUM, abi.F_GSO, abi.F_ECN, abi.F_TXC, abi.F_MORE)
 CAPS = (0, abi.CAP_CSUM, abi.consistent_caps(abi.OFFLOAD_CAPS))
-DROPS = ("drop_bad_desc", "drop_short", "drop_offload", "drop_meta_not_negotiated",
-         "drop_meta_bad_csum", "drop_meta_bad_gso", "drop_meta_too_long", "drop_chain",
-         "drop_tap_write")
+# Every way the ring -> tap direction refuses a frame: one counter each.
+DROPS = ("drop_bad_desc", "drop_short", "drop_offload", "drop_chain", "drop_tap_write") + \
+    tuple("drop_meta_" + r for r in abi.META_REASONS if r != "ok")
 
 _pair = None
 _PATTERN = bytes(i * 7 % 251 for i in range(251))   # pool bytes: where a frame came from shows

@@ -50,8 +50,8 @@ CHUNK = 4096                # batches generated at once (numpy)
 SG_BUFS = 32                # the last TX buffers hold indirect tables
 USER_MASK = 0xffff0000
 STOP = b"soak-drain-stop"
-DROPS = ("drop_bad_desc", "drop_short", "drop_offload", "drop_chain", "drop_tap_write",
-         "drop_meta_not_negotiated", "drop_meta_bad_csum", "drop_meta_bad_gso", "drop_meta_too_long")
+DROPS = ("drop_bad_desc", "drop_short", "drop_offload", "drop_chain", "drop_tap_write") + \
+    tuple("drop_meta_" + r for r in abi.META_REASONS if r != "ok")
 
 # Descriptor kinds and how often each is drawn.
 KINDS = {

@@ -40,7 +40,7 @@ from libc.errno cimport errno, EAGAIN, EINTR
 from posix.unistd cimport read
 from posix.uio cimport iovec
 from libc.string cimport memcpy, memset
-from shmsignal.includes.atomics cimport venet_now_ns
+from shmsignal.includes.atomics cimport shm_now_ns
 from shmsignal.includes.osdefs cimport *
 from ioq.abi cimport *
 from ioq.ring cimport *
@@ -288,8 +288,13 @@ cdef class Pump:
         memset(self.vhdr, 0, VENET_META_SIZE)
         memset(&meta, 0, sizeof(meta))
         if flags & VENET_F_META and not venet_chain_record(&self.iov[1], total, &meta):
-            self.st.drop_meta[META_BAD_CSUM] += 1
-            return VENET_TXC_META_NOT_NEGOTIATED - 1 + META_BAD_CSUM
+            # No whole record in the first buffer: too short a frame to
+            # carry one, or a record split across buffers.
+            if total[0] < VENET_META_SIZE + VENET_MIN_FRAME:
+                self.st.drop_short += 1
+                return VENET_TXC_SHORT
+            self.st.drop_meta[META_BAD_RECORD] += 1
+            return VENET_TXC_META_BASE + META_BAD_RECORD
         if total[0] < VENET_MIN_FRAME:
             self.st.drop_short += 1
             return VENET_TXC_SHORT
@@ -299,7 +304,7 @@ cdef class Pump:
         st = venet_meta_check(&meta, flags, <uint32_t>total[0], self.caps, self.max_plain)
         if st != META_OK:
             self.st.drop_meta[st] += 1
-            return VENET_TXC_META_NOT_NEGOTIATED - 1 + st
+            return VENET_TXC_META_BASE + st
         if flags & VENET_F_META:
             venet_meta_to_virtio(&meta, flags, <virtio_net_hdr_t *>self.vhdr)
         return VENET_TXC_SENT
@@ -416,7 +421,7 @@ cdef class Pump:
         bulk (GSO) traffic moves the thread: a conversation of small frames
         keeps the thread's own CPUs (its home under --cpu auto), which gives
         better round trips (docs/architecture.md, "Where the pumps run")."""
-        cdef uint64_t now = venet_now_ns()
+        cdef uint64_t now = shm_now_ns()
         cdef uint64_t gso = self.st.to_tap_gso + self.st.from_tap_gso
         cdef cpu_set_t one
         if now - self.bulk_t0 < BULK_TICK_NS:
@@ -451,7 +456,7 @@ cdef class Pump:
         w.out_full = False
         w.port_ready = True
         if timeout >= 0:
-            deadline = venet_now_ns() + <uint64_t>(timeout * 1e9)
+            deadline = shm_now_ns() + <uint64_t>(timeout * 1e9)
         self.running = True
         with nogil:
             while not w.stop:
@@ -499,8 +504,8 @@ cdef class Pump:
         cdef epoll_event evs[8]
         cdef int n = 0
         cdef int64_t floor_ns = MIN_POLL_NS if MIN_POLL_NS < self.poll_ns else self.poll_ns
-        cdef uint64_t pdead = venet_now_ns() + <uint64_t>window[0]
-        while venet_now_ns() < pdead:
+        cdef uint64_t pdead = shm_now_ns() + <uint64_t>window[0]
+        while shm_now_ns() < pdead:
             if ioq_peek_at(&self.inr.r, self.hold):
                 break
             n = epoll_wait(self.epfd, evs, 8, 0)
@@ -532,9 +537,9 @@ cdef class Pump:
             w.out_full = False
             return 0
         if deadline:
-            if venet_now_ns() >= deadline:
+            if shm_now_ns() >= deadline:
                 return -1
-            ms = <int>((deadline - venet_now_ns()) // 1000000) + 1
+            ms = <int>((deadline - shm_now_ns()) // 1000000) + 1
             if ms > 1000:
                 ms = 1000
         n = epoll_wait(self.epfd, evs, 8, ms)

@@ -95,11 +95,12 @@ enum venet_meta_reason {
 	VENET_META_BAD_CSUM = 2,        /* checksum start/offset outside the frame */
 	VENET_META_BAD_GSO = 3,         /* unknown type, MSS 0, header length outside the frame */
 	VENET_META_TOO_LONG = 4,        /* longer than the device's limit for this kind of frame */
+	VENET_META_BAD_RECORD = 5,      /* reserved bytes not 0, or the record not whole in the first buffer */
 	VENET_META_NREASONS
 };
 
 static const char *const venet_meta_reason_names[] __attribute__((unused)) = {
-	"ok", "not_negotiated", "bad_csum", "bad_gso", "too_long",
+	"ok", "not_negotiated", "bad_csum", "bad_gso", "too_long", "bad_record",
 };
 _Static_assert(sizeof(venet_meta_reason_names) / sizeof(venet_meta_reason_names[0]) == VENET_META_NREASONS,
 	       "one name per META reason");
@@ -117,30 +118,33 @@ typedef struct venet_event {
 
 /* What became of a frame flagged VENET_F_TXC (its EV_TXC event's status).
  * Each refusal has a drop counter in the pump's stats (docs/abi.md); a
- * refused offload record is VENET_TXC_META_BASE + its VENET_META_* reason. */
+ * refused offload record is VENET_TXC_META_BASE + its VENET_META_* reason,
+ * last, so that a new reason only appends. */
 enum venet_txc_status {
 	VENET_TXC_SENT = 0,             /* written to the tap */
 	VENET_TXC_BAD_DESC = 1,         /* a descriptor ioq refused (drop_bad_desc) */
 	VENET_TXC_BAD_CHAIN = 2,        /* a malformed or too long MORE chain (drop_chain) */
 	VENET_TXC_BAD_FLAGS = 3,        /* a flag this device does not honour (drop_offload) */
-	VENET_TXC_META_BASE = 3,        /* not a status: + VENET_META_* gives the four below */
+	VENET_TXC_SHORT = 4,            /* shorter than an Ethernet header (drop_short) */
+	VENET_TXC_TAP_ERROR = 5,        /* the kernel refused the write (drop_tap_write) */
+	VENET_TXC_META_BASE = 5,        /* not a status: + VENET_META_* gives those below */
 	VENET_TXC_META_NOT_NEGOTIATED = VENET_TXC_META_BASE + VENET_META_NOT_NEGOTIATED,
 	VENET_TXC_META_BAD_CSUM = VENET_TXC_META_BASE + VENET_META_BAD_CSUM,
 	VENET_TXC_META_BAD_GSO = VENET_TXC_META_BASE + VENET_META_BAD_GSO,
-	VENET_TXC_META_TOO_LONG = VENET_TXC_META_BASE + VENET_META_TOO_LONG,   /* (drop_meta_*) */
-	VENET_TXC_SHORT = VENET_TXC_META_BASE + VENET_META_NREASONS,   /* shorter than an Ethernet header (drop_short) */
-	VENET_TXC_TAP_ERROR,            /* the kernel refused the write (drop_tap_write) */
+	VENET_TXC_META_TOO_LONG = VENET_TXC_META_BASE + VENET_META_TOO_LONG,
+	VENET_TXC_META_BAD_RECORD = VENET_TXC_META_BASE + VENET_META_BAD_RECORD,   /* (drop_meta_*) */
 	VENET_TXC_NSTATUS
 };
 
 /* The name of each status; a refused record's is "meta_" and its reason's. */
 static const char *const venet_txc_status_names[] __attribute__((unused)) = {
-	"sent", "bad_desc", "bad_chain", "bad_flags", "meta_not_negotiated", "meta_bad_csum",
-	"meta_bad_gso", "meta_too_long", "short", "tap_error",
+	"sent", "bad_desc", "bad_chain", "bad_flags", "short", "tap_error",
+	"meta_not_negotiated", "meta_bad_csum", "meta_bad_gso", "meta_too_long", "meta_bad_record",
 };
 _Static_assert(sizeof(venet_txc_status_names) / sizeof(venet_txc_status_names[0]) == VENET_TXC_NSTATUS,
 	       "one name per TXC status");
-_Static_assert(VENET_TXC_SHORT == 8 && VENET_TXC_TAP_ERROR == 9, "TXC codes as docs/abi.md gives them");
+_Static_assert(VENET_TXC_SHORT == 4 && VENET_TXC_TAP_ERROR == 5 && VENET_TXC_META_BAD_RECORD == 10,
+	       "TXC codes as docs/abi.md gives them");
 
 _Static_assert(sizeof(venet_meta_t) == VENET_META_SIZE, "offload record is VENET_META_SIZE bytes");
 _Static_assert(offsetof(venet_meta_t, csum_start) == 0, "csum_start at 0");
