@@ -13,11 +13,11 @@ IS_ROOT = os.geteuid() == 0
 needs_root = pytest.mark.skipif(not IS_ROOT, reason="needs root for network namespaces and taps")
 
 
-def wait_until(pred, timeout, what):
+def wait_until(pred, timeout=5.0, what="the condition", interval=0.05):
     """Call pred() until it returns something true and return that; fail
     with "timed out after T s waiting for WHAT" once `timeout` seconds have
-    passed.  The pause between calls grows from 1 ms to 50 ms, so a quick
-    condition is seen at once and a slow one costs no busy CPU."""
+    passed.  The pause between calls grows from 1 ms to `interval`, so a
+    quick condition is seen at once and a slow one costs no busy CPU."""
     deadline = time.monotonic() + timeout
     pause = 0.001
     while True:
@@ -28,7 +28,7 @@ def wait_until(pred, timeout, what):
         if left <= 0:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(min(pause, left))
-        pause = min(pause * 2, 0.05)
+        pause = min(pause * 2, interval)
 
 
 def usable_cpus():

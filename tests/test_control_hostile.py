@@ -20,6 +20,7 @@ import time
 import pytest
 
 from venet import control
+from tests.conftest import wait_until as wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PROBE_BOUND = 1.0       # seconds: generous; the replies are expected within 100 ms
@@ -192,16 +193,6 @@ def _stats_or_none(h):
         return control_stats(h)
     except (control.RemoteError, control.Disconnected, ConnectionResetError):
         return {}
-
-
-def wait_for(pred, timeout=5.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.02)
-    pytest.fail(f"timed out waiting for {what}")
 
 
 # ---- bug 1: nesting ------------------------------------------------------------

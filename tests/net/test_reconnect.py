@@ -13,21 +13,11 @@ from scapy.all import ICMP, IP, Ether, raw
 import venet.frontend as fe
 from tests.net.conftest import add_addr, ns_ipr, ping
 from venet import abi
+from tests.conftest import wait_until as wait_for
 
 ME = "02:00:00:00:00:99"
 KMAC = "02:00:00:00:00:01"
 KIP, MYIP = "10.78.0.1", "10.78.0.2"
-
-
-def wait_for(pred, timeout, what):
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{what}: not within {timeout} s")
-        time.sleep(0.02)
 
 
 def persistent_tap(ns, name, addr):

@@ -14,12 +14,12 @@ import os
 import signal
 import subprocess
 import threading
-import time
 
 import pytest
 
 from tests.conftest import IS_ROOT
 from tests.lab import Lab
+from tests.conftest import wait_until as wait_for  # noqa: F401 (the soak tests import it from here)
 
 # SOAK_MINUTES: length of the iperf3 + ping run (default 10; 1 for a quick check).
 MINUTES = float(os.environ.get("SOAK_MINUTES", "10"))
@@ -96,19 +96,6 @@ def link_stats(ns, ifname):
         raise RuntimeError(f"{ifname} in {ns}: {r.stderr.strip()}")
     st = json.loads(r.stdout)[0]["stats64"]
     return {f"{d}_{k}": st[d][k] for d in ("rx", "tx") for k in ("packets", "dropped", "errors")}
-
-
-def wait_for(pred, timeout, what, interval=0.05):
-    """Poll `pred` until it returns something true or `timeout` passes;
-    returns its last value, raising AssertionError on timeout."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = pred()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(interval)
 
 
 def same_as(baseline, pid, keys=("fds", "memfds", "eventfds", "sockets", "threads")):
