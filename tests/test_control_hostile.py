@@ -329,6 +329,80 @@ def test_connection_cap(host):
     assert c["refused_max_connections"] >= 1 and c["max_connections"] == 4
 
 
+def test_one_process_cannot_take_every_connection(host):
+    """Past its share a process is refused; another process still gets in."""
+    h = host(max_connections=16, max_per_process=3)
+    socks = [client(h.path) for _ in range(3)]
+    try:
+        for s in socks:
+            hello(s)
+        extra = client(h.path)
+        assert recv_until_eof(extra) == [
+            (control.ERROR, {"error": "too many connections from this process: one process "
+                                      "may hold 3"})]
+        extra.close()
+        other = subprocess.run(
+            [sys.executable, "-c", "import sys; sys.path.insert(0, sys.argv[2]); "
+             "from tests.test_control_hostile import client, hello; "
+             "s = client(sys.argv[1]); print(hello(s)['version'])", h.path, ROOT],
+            capture_output=True, text=True, timeout=30)
+        assert other.stdout.strip() == "1", other.stderr
+    finally:
+        for s in socks:
+            s.close()
+    c = control_stats(h)
+    assert c["refused_max_per_process"] == 1 and c["max_per_process"] == 3
+
+
+def test_connections_that_never_say_hello_make_room(host):
+    """A bridge full of connections that never said HELLO still serves a
+    newcomer: the oldest silent one is dropped to make room."""
+    h = host(max_connections=8)
+    silent = [client(h.path) for _ in range(8)]
+    try:
+        t0 = time.monotonic()
+        s = client(h.path)
+        assert hello(s)["version"] == control.VERSION
+        assert control.call(s, control.LIST)["devices"]
+        MEASURED["newcomer among silent connections"] = time.monotonic() - t0
+        s.close()
+        assert recv_until_eof(silent[0])[-1][0] == control.ERROR   # the oldest went
+    finally:
+        for x in silent:
+            x.close()
+    assert control_stats(h)["dropped_evicted"] >= 1
+    assert h.alive()
+
+
+def test_a_flood_of_refusals_is_logged_in_bursts(host):
+    """Refusals a client can repeat at will are logged at most ten a second
+    (the rest counted in the next line): the log, or a stderr pipe nobody
+    reads fast enough, cannot become what stalls the bridge."""
+    h = host(max_per_process=1)
+    keep = client(h.path)
+    hello(keep)
+    t0 = time.monotonic()
+    for _ in range(300):
+        s = client(h.path)
+        recv_until_eof(s)
+        s.close()
+    elapsed = time.monotonic() - t0
+    lines = [ln for ln in h.logs().splitlines() if "refused a connection" in ln]
+    assert 1 <= len(lines) <= 10 * (int(elapsed) + 2), (len(lines), elapsed)
+
+    def refused_again():
+        # Once the second is over, the next line says how many were not logged.
+        s = client(h.path)
+        recv_until_eof(s)
+        s.close()
+        return [ln for ln in h.logs().splitlines() if "more like it not logged" in ln]
+    said = wait_for(refused_again, what="a line counting the refusals not logged")
+    assert int(said[0].split("(and ")[1].split()[0]) >= 300 - 10 * (int(elapsed) + 2)
+    keep.close()
+    assert wait_for(lambda: _stats_or_none(h).get("refused_max_per_process"),
+                    what="the bridge to answer again") >= 300
+
+
 def _try_hello(path):
     s = client(path)
     try:

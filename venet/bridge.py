@@ -274,6 +274,7 @@ def _flatten(s, prefix=""):
 
 # Control-plane limits (Bridge arguments override the first four).
 MAX_CONNECTIONS = 256           # connections served at once; more are refused
+MAX_PER_PROCESS = 64            # connections one process (SO_PEERCRED pid) may hold
 MAX_DEVICES = 16                # devices one connection may hold open
 HANDSHAKE_TIMEOUT = 5.0         # seconds from accept to HELLO
 OUTPUT_TIMEOUT = 10.0           # seconds pending output may go untaken by the peer
@@ -303,6 +304,32 @@ def _peercred(sock):
 def _os_reason(e):
     name = errno.errorcode.get(e.errno)
     return f"{e.strerror} ({name})" if e.strerror and name else str(e)
+
+
+class _Burst:
+    """At most LIMIT log lines a second per kind of event; the rest are
+    counted and reported with the next line let through.  What a peer can
+    repeat at will (connections, refusals, drops) must not make the log, or
+    a full stderr pipe, the thing that stalls the bridge."""
+    LIMIT = 10
+
+    def __init__(self):
+        self.kinds = {}         # kind -> [window start, lines in it, suppressed]
+
+    def __call__(self, level, kind, fmt, *args):
+        now = time.monotonic()
+        k = self.kinds.setdefault(kind, [now, 0, 0])
+        if now - k[0] >= 1.0:
+            k[0], k[1] = now, 0
+        if k[1] >= self.LIMIT:
+            k[2] += 1
+            return
+        k[1] += 1
+        if k[2]:
+            fmt += " (and %d more like it not logged)"
+            args += (k[2],)
+            k[2] = 0
+        log.log(level, fmt, *args)
 
 
 def _farewell(sock, reason):
@@ -358,13 +385,18 @@ class Bridge:
     """
 
     def __init__(self, socket_path, devices, group=None, bus="default", *,
-                 max_connections=MAX_CONNECTIONS, max_devices=MAX_DEVICES,
+                 max_connections=MAX_CONNECTIONS, max_per_process=MAX_PER_PROCESS,
+                 max_devices=MAX_DEVICES,
                  handshake_timeout=HANDSHAKE_TIMEOUT, output_timeout=OUTPUT_TIMEOUT):
         self.path = socket_path
         self.devices = {d.name: d for d in devices}
         self.group = group
         self.bus = bus
         self.max_connections = max_connections
+        self.max_per_process = max_per_process
+        self._per_pid = collections.Counter()   # live connections by peer pid
+        self._log = _Burst()
+        self._waiting = collections.OrderedDict()  # fd -> connection that has not said HELLO
         self.max_devices = max_devices
         self.handshake_timeout = handshake_timeout
         self.output_timeout = output_timeout
@@ -373,8 +405,9 @@ class Bridge:
         self.listening = False
         self.conns = {}
         self.counters = {k: 0 for k in (
-            "accepted", "closed", "refused_max_connections", "refused_no_fds", "accept_errors",
-            "dropped_protocol", "dropped_handshake_timeout", "dropped_output_full",
+            "accepted", "closed", "refused_max_connections", "refused_max_per_process",
+            "refused_no_fds", "accept_errors",
+            "dropped_protocol", "dropped_handshake_timeout", "dropped_evicted", "dropped_output_full",
             "dropped_output_stall", "dropped_socket_error", "dropped_internal_error",
             "requests_refused")}
         self._timers = []           # heap of (when, seq, what, conn)
@@ -479,6 +512,18 @@ class Bridge:
                 self._pause_listener(e)
                 return
             sock.setblocking(False)
+            pid = _peercred(sock)[0]
+            if self._per_pid[pid] >= self.max_per_process:
+                self._refuse(sock, "refused_max_per_process",
+                             f"too many connections from this process: one process may hold "
+                             f"{self.max_per_process}")
+                continue
+            if len(self.conns) >= self.max_connections and self._waiting:
+                # Full, and someone has not even said HELLO: that one makes
+                # room, so idle connections cannot lock newcomers out.
+                _, oldest = self._waiting.popitem(last=False)
+                self._drop(oldest, "evicted", "room made for a new connection before this one "
+                                              "said hello")
             if len(self.conns) >= self.max_connections:
                 self._refuse(sock, "refused_max_connections",
                              f"too many connections: this bridge serves at most {self.max_connections}")
@@ -486,9 +531,11 @@ class Bridge:
             self.counters["accepted"] += 1
             conn = Connection(sock, next(self._ids), time.monotonic() + self.handshake_timeout)
             self.conns[conn.fd] = conn
+            self._per_pid[conn.pid] += 1
+            self._waiting[conn.fd] = conn
             self.sel.register(sock, selectors.EVENT_READ, conn)
             self._arm(conn.hello_deadline, "hello", conn)
-            log.info("%s opened", conn)
+            self._log(logging.INFO, "opened", "%s opened", conn)
 
     def _shed(self):
         """Out of fds: give up the reserve to take one waiting connection
@@ -516,7 +563,8 @@ class Bridge:
     def _refuse(self, sock, counter, reason):
         self.counters[counter] += 1
         pid, uid, gid = _peercred(sock)
-        log.warning("refused a connection from pid %d uid %d gid %d: %s", pid, uid, gid, reason)
+        self._log(logging.WARNING, counter, "refused a connection from pid %d uid %d gid %d: %s",
+                  pid, uid, gid, reason)
         _farewell(sock, reason)
         sock.close()
 
@@ -546,10 +594,10 @@ class Bridge:
         conn.closed = True
         if why is None:
             self.counters["closed"] += 1
-            log.info("%s closed", conn)
+            self._log(logging.INFO, "closed", "%s closed", conn)
         else:
             self.counters["dropped_" + why] += 1
-            log.warning("%s dropped: %s", conn, reason)
+            self._log(logging.WARNING, why, "%s dropped: %s", conn, reason)
             if farewell and not conn.out:
                 _farewell(conn.sock, reason)
         for dev in conn.devices.values():
@@ -564,6 +612,10 @@ class Bridge:
         except (KeyError, ValueError):
             pass
         self.conns.pop(conn.fd, None)
+        self._waiting.pop(conn.fd, None)
+        self._per_pid[conn.pid] -= 1
+        if self._per_pid[conn.pid] <= 0:
+            del self._per_pid[conn.pid]
         conn.sock.close()
         # A closed connection's deadlines stay in the heap until due; when
         # they outnumber the live ones, drop them now, so a burst of short
@@ -673,7 +725,7 @@ class Bridge:
             self._queue(conn, control.REPLY, reply)
             return
         self.counters["requests_refused"] += 1
-        log.warning("%s: %s refused: %s", conn, name, reason)
+        self._log(logging.WARNING, "refused", "%s: %s refused: %s", conn, name, reason)
         self._queue(conn, control.ERROR, {"error": reason})
 
     def _device(self, conn, body):
@@ -686,7 +738,7 @@ class Bridge:
     def control_stats(self):
         """The control plane's counters (the "control" object of STATS)."""
         return dict(self.counters, connections=len(self.conns), max_connections=self.max_connections,
-                    max_devices=self.max_devices)
+                    max_per_process=self.max_per_process, max_devices=self.max_devices)
 
     def _handle(self, conn, mtype, body, fds):
         if mtype not in _REQUESTS:
@@ -703,6 +755,7 @@ class Bridge:
             if v != control.VERSION:
                 raise ProtocolError(f"frontend speaks version {v}, this bridge {control.VERSION}")
             conn.hello = True
+            self._waiting.pop(conn.fd, None)
             return {"version": control.VERSION, "bus": self.bus}
         if mtype == control.LIST:
             return {"devices": [d.describe() for d in self.devices.values()]}

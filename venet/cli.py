@@ -94,6 +94,8 @@ def build_parser():
     br.add_argument("--max-connections", type=_max_conns, default=256, metavar="N",
                     help="control connections served at once; more are refused with an "
                          "error (default 256)")
+    br.add_argument("--max-per-process", type=_max_per_proc, default=64, metavar="N",
+                    help="connections one process may hold at once (default 64)")
     br.set_defaults(func=_cmd_bridge)
 
     at = sub.add_parser("attach", help="a frontend that shows the device as a tap of its own")
@@ -200,6 +202,7 @@ def _int_option(name, lo, hi):
 _poll = _int_option("--poll-us", 0, 1_000_000)
 _repeats = _int_option("--repeats", 1, 20)
 _max_conns = _int_option("--max-connections", 1, 65536)
+_max_per_proc = _int_option("--max-per-process", 1, 65536)
 
 
 def _cpu(text):

@@ -46,7 +46,8 @@ def run_bridge(args):
     os.makedirs(os.path.dirname(os.path.abspath(args.socket)), mode=0o755, exist_ok=True)
     # Claim the socket first: a taken path fails before any tap is made.
     br = bridge.Bridge(args.socket, [], group=args.group,
-                       max_connections=args.max_connections)
+                       max_connections=args.max_connections,
+                       max_per_process=args.max_per_process)
     try:
         try:
             br.listen()

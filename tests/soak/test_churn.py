@@ -88,7 +88,8 @@ def test_connections_and_cycles(lab):
     # (refusals past the cap and at EMFILE: tests/test_control_hostile.py).
     bridge = drain(lab.start(["prlimit", f"--nofile={BRIDGE_NOFILE}:", sys.executable, "-m", "venet",
                         "bridge", "--tap", "vb0", "--netns", a, "--socket", sock,
-                        "--max-connections", str(CONNECTIONS + 8)]))
+                        "--max-connections", str(CONNECTIONS + 8),
+                        "--max-per-process", str(CONNECTIONS + 8)]))
     pid = bridge.pid
     sockets0 = fd_kinds(pid)["sockets"]       # no client has come yet
 
