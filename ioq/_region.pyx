@@ -129,6 +129,9 @@ def describe_fd(int fd):
         link = os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         link = ""
+    if len(link) > 80 or not link.isprintable() or not link.isascii():
+        # The peer chose this path: quoted, and short, in what we say.
+        link = ascii(link[:80])
     if link.startswith("/memfd:"):
         return "a memfd"
     if stat.S_ISREG(st.st_mode):
@@ -336,7 +339,7 @@ cdef class Region:
         self._handoff.append(tuple(peer))
 
     @staticmethod
-    def attach(int fd, doorbells=None, *, roles=None):
+    def attach(int fd, doorbells=None, *, roles=None, max_size=MAX_REGION_SIZE):
         """Map a region another process created and validate it.  The fd is
         duplicated; the caller keeps its own.  doorbells, if given, is one
         (producer's, consumer's) pair per ring, also duplicated.
@@ -347,7 +350,7 @@ cdef class Region:
         reads (its Rings watch them edge-triggered), and the ones it rings
         must be stream socketpair ends, rung with a per-call non-blocking
         send.  That is how a process attaches memory from a peer it does
-        not trust."""
+        not trust.  max_size: refuse a larger region before mapping it."""
         try:
             st = os.fstat(fd)
         except OSError as e:
@@ -365,8 +368,9 @@ cdef class Region:
             raise RegionError("region is sealed against writing (F_SEAL_WRITE or "
                               "F_SEAL_FUTURE_WRITE); rings need it writable")
         size = st.st_size
-        if size < IOQ_HDR_SIZE or size > MAX_REGION_SIZE:
-            raise RegionError(f"region size {size} is outside {IOQ_HDR_SIZE}..{MAX_REGION_SIZE}")
+        if size < IOQ_HDR_SIZE or size > min(max_size, MAX_REGION_SIZE):
+            raise RegionError(f"region size {size} is outside {IOQ_HDR_SIZE}.."
+                              f"{min(max_size, MAX_REGION_SIZE)}")
         pairs = None
         if doorbells is not None:
             try:
@@ -441,6 +445,9 @@ cdef class Region:
             raise RegionError(f"region declares max_sg {h.max_sg} (1..{IOQ_MAX_SG_LIMIT} allowed)")
         if h.pool_offset % 64 or h.pool_offset > self._size or h.pool_size > self._size - h.pool_offset:
             raise RegionError(f"buffer pool [{h.pool_offset}, +{h.pool_size}) does not fit the region")
+        if h.buf_size == 0 or h.buf_size % IOQ_POOL_ALIGN:
+            # Buffers carry u64 fields (the event record) at their start.
+            raise RegionError(f"buffer size {h.buf_size} is not a multiple of {IOQ_POOL_ALIGN}")
         if <uint64_t>h.buf_size * h.nbufs > h.pool_size:
             raise RegionError(f"{h.nbufs} buffers of {h.buf_size} bytes exceed the pool of {h.pool_size}")
         for i in range(h.nrings):

@@ -585,3 +585,57 @@ def test_output_queue_is_bounded(tmp_path):
             assert not br.conns
     finally:
         br.close()
+
+
+# ---- found in review -----------------------------------------------------------
+
+def test_a_refusal_quoting_a_long_path_the_peer_chose_is_short(host, tmp_path):
+    """REGISTER with a directory of a long, non-UTF-8 path as its memfd:
+    the refusal names what it is in a line of bounded length; the reply
+    once outgrew the protocol's limit and killed the bridge."""
+    h = host()
+    d = os.fsencode(str(tmp_path))
+    for _ in range(6):
+        d = os.path.join(d, b"\xff" * 250)
+        os.mkdir(d)
+    dfd = os.open(d, os.O_RDONLY | os.O_DIRECTORY)
+    r, fd, efds = _region_fds()
+    try:
+        with client(h.path) as s:
+            hello(s)
+            control.call(s, control.OPEN, {"device": "d0"})
+            with pytest.raises(control.RemoteError) as e:
+                control.call(s, control.REGISTER, {"device": "d0"}, [dfd] + efds)
+            assert "is not a memfd: it is a directory" in str(e.value)
+            assert len(str(e.value)) < 400
+    finally:
+        os.close(dfd)
+        r.close()
+    assert h.alive(), h.logs()
+    probe(h, "long path")
+
+
+def test_stats_of_many_devices_fits_a_reply(host):
+    """A reply may be larger than a request (STATS of a bus of many devices
+    each with its counters); it is sent, not the bridge's end."""
+    h = host()
+    with client(h.path) as s:
+        hello(s)
+        st = control.call(s, control.STATS)
+    assert len(control.encode(control.REPLY, st)) < control.MAX_REPLY_BODY
+    big = {"devices": [{"device": f"d{i}", "counters": {f"c{j}": j for j in range(64)}}
+                       for i in range(40)]}
+    assert len(control.encode(control.REPLY, big)) > control.MAX_BODY   # now allowed
+    with pytest.raises(ValueError):
+        control.encode(control.LIST, big)                               # requests are not
+
+
+def test_negcap_of_unknown_groups_keeps_nothing(host):
+    h = host()
+    with client(h.path) as s:
+        hello(s)
+        control.call(s, control.OPEN, {"device": "d0"})
+        for g in range(2, 2000):
+            assert control.call(s, control.NEGCAP, {"device": "d0", "group": g, "bits": 1}) == \
+                {"group": g, "bits": 0}
+    probe(h, "negcap flood")

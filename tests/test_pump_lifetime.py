@@ -335,3 +335,76 @@ def test_a_refused_link_up_leaves_nothing_half_made(monkeypatch):
         dev.close()
         fe.close()
         outside.close()
+
+
+def test_no_second_pump_while_a_parked_one_lives_even_after_a_reset():
+    """A reset hands the parked pump its memory; a new frontend's LINKUP
+    must still wait for that pump to end (two pumps on one port, one
+    serving the previous frontend's memory, would leak its traffic)."""
+    fe, fe2 = hostile.Frontend(), hostile.Frontend()
+    port, outside = hostile.port_pair()
+    dev = hostile.device(port.detach())
+    dev.STOP_TIMEOUT = 0.1
+    go = threading.Event()
+    real_run = dev._run
+    dev._run = lambda *args: (go.wait(), real_run(*args))
+    try:
+        dev.register(fe.fds)
+        dev.linkup()
+        dev.reset()                         # the frontend left; its pump is parked
+        dev.owner = object()
+        dev.caps = {abi.CAP_GROUP_SG: abi.CAP_SG, abi.CAP_GROUP_EVENTQ: abi.CAP_EVQ_LINKSTATE}
+        dev.register(fe2.fds)
+        from venet.bridge import DeviceError
+        with pytest.raises(DeviceError, match="previous pump has not stopped"):
+            dev.linkup()
+        go.set()
+        dev.parked[0][0].join(DEADLINE)
+        dev._run = real_run
+        dev.linkup()
+        assert dev.link and dev.thread.is_alive()
+    finally:
+        go.set()
+        dev.close()
+        fe.close()
+        fe2.close()
+        outside.close()
+
+
+def test_link_up_after_the_frontend_broke_a_ring_is_not_a_lie():
+    """A pump that ended because the frontend corrupted a ring index: the
+    next LINKUP posts the link-down it owed and does not answer link up
+    with no pump running (it once did); on the broken ring it is refused."""
+    import mmap
+    import struct as _s
+    import ioq
+    from venet.bridge import DeviceError
+    fe = hostile.Frontend()
+    port, outside = hostile.port_pair()
+    dev = hostile.device(port.detach())
+    mm = None
+    try:
+        dev.register(fe.fds)
+        dev.linkup()
+        assert [e[2] for e in fe.events(1)] == [1]
+        mm = mmap.mmap(fe.fds[0], fe.region.size)
+        # The RX consumer's index claims slots the backend never wrote.
+        _s.pack_into("<I", mm, fe.region.ring_offset(abi.RING_RX) + ioq.RING_CONS_OFF, 0x7fff0000)
+        frame = bytes(abi.META_SIZE) + hostile.frame(60)
+        for _ in range(2 * fe.region.ring_count(abi.RING_RX)):
+            try:
+                outside.send(frame)
+            except BlockingIOError:
+                break
+        dev.thread.join(DEADLINE)
+        assert not dev.thread.is_alive() and not dev.link
+        with pytest.raises(DeviceError, match="rings refused"):
+            dev.linkup()
+        assert not dev.link
+        assert 0 in [e[2] for e in fe.events(1) if e[0] == abi.EV_LINKSTATE]
+    finally:
+        if mm is not None:
+            mm.close()
+        dev.close()
+        fe.close()
+        outside.close()

@@ -99,12 +99,14 @@ def test_refuses_size_mismatch():
     ("offset0", 8, "misaligned or overlaps"),
     ("offset0", 1 << 30, "runs into"),
     ("flags0", 1, "unknown flags"),
+    ("buf_size", 2040, "buffer size 2040 is not a multiple of 64"),   # u64 fields misaligned
+    ("buf_size", 0, "buffer size 0 is not a multiple of 64"),
 ])
 def test_refuses_bad_layout(field, value, msg):
     data = image()
     where = {"nrings": (16, "<I"), "max_sg": (20, "<I"), "pool_offset": (24, "<Q"),
              "pool_size": (32, "<Q"), "offset0": (64, "<Q"), "count0": (72, "<I"),
-             "flags0": (76, "<I")}[field]
+             "flags0": (76, "<I"), "buf_size": (40, "<I")}[field]
     struct.pack_into(where[1], data, where[0], value)
     with pytest.raises(RegionError, match=msg):
         attach_image(data)

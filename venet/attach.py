@@ -47,8 +47,13 @@ class Attachment:
         taplib.set_offloads(self.tap_fd, caps)
         self.pin, bulk = placement.pump_args(self.cpu, device.name, placement.FRONTEND)
         # in = RX ring (frames for our tap), out = TX ring (frames from it)
-        self.pump = Pump(device.rx, device.tx, self.tap_fd, poll_us=self.poll_us,
-                         mtu=device.mtu, caps=caps, bulk_cpu=bulk)
+        try:
+            self.pump = Pump(device.rx, device.tx, self.tap_fd, poll_us=self.poll_us,
+                             mtu=device.mtu, caps=caps, bulk_cpu=bulk)
+        except (ValueError, OSError) as e:
+            # The bridge's device does not fit our pump (its ring too small
+            # for its frames): a plain error, as for the tap.
+            raise taplib.TapError(f"device {device.name}: {e}") from None
         self.result = None
         self.thread = threading.Thread(target=self._run, name="attach-pump", daemon=True)
 

@@ -101,7 +101,8 @@ class Device:
             # The backend's roles: every fd is checked for what it must be,
             # and the doorbells it rings are sockets it sends to without
             # ever blocking, whatever the frontend does to them.
-            region = ioq.Region.attach(fds[0], pairs, roles=abi.BACKEND_ROLES)
+            region = ioq.Region.attach(fds[0], pairs, roles=abi.BACKEND_ROLES,
+                                       max_size=MAX_DEVICE_REGION)
         except ioq.RegionError as e:
             raise DeviceError(f"memory refused: {e}") from None
         except OSError as e:
@@ -112,8 +113,6 @@ class Device:
                 # buffer must hold the offload record and an Ethernet header.
                 raise DeviceError(f"buffers of {region.buf_size} bytes are smaller than the "
                                   f"{abi.MIN_BUF_SIZE} a venet device needs")
-            if region.size > 64 << 20:
-                raise DeviceError(f"region of {region.size} bytes exceeds the 64 MiB per-device limit")
             if region.nrings != abi.NRINGS:
                 raise DeviceError(f"region has {region.nrings} rings; a venet device has {abi.NRINGS}")
         except BaseException:
@@ -125,9 +124,15 @@ class Device:
         if self.region is None:
             raise DeviceError("register memory before link up")
         if self.pump is not None:
-            return
+            if self.thread is not None and self.thread.is_alive():
+                return
+            # The pump ended on its own (the frontend broke a ring index):
+            # take the link down properly (its event, its counters) first.
+            self.linkdown()
         self._reap()
-        if self._stuck:
+        if self.parked:
+            # Two pumps on one port, one of them serving a previous
+            # frontend's memory, must never be.
             raise DeviceError(f"device {self.name}: its previous pump has not stopped; "
                               f"link up refused until it does")
         caps = self.offloads
@@ -162,8 +167,13 @@ class Device:
         # self.pump while a parked thread still runs it.
         self.thread = threading.Thread(target=self._run, args=(self.pump,), name=f"pump-{self.name}",
                                        daemon=True)
-        self.thread.start()
-        self.link = True
+        self.link = True                # before start: a pump that breaks at once sets it False
+        try:
+            self.thread.start()
+        except RuntimeError as e:       # no thread to be had
+            self.link = False
+            self.pump = self.thread = None
+            raise DeviceError(f"pump refused: {e}") from None
 
     def _run(self, pump):
         placement.pin_this_thread(self.pin, f"device {self.name}'s pump")
@@ -208,17 +218,19 @@ class Device:
     def reset(self):
         """Back to unowned: stop the pump, unmap the frontend's memory
         (unless a pump that did not stop may still touch it: parked)."""
-        self.linkdown()
-        self.evq = None
-        if self.region is not None:
-            if self._stuck and self.parked and self.parked[-1][2] is None:
-                self.parked[-1][2] = self.region
-            else:
-                self.region.close()
+        try:
+            self.linkdown()
+            if self.region is not None:
+                if self._stuck and self.parked and self.parked[-1][2] is None:
+                    self.parked[-1][2] = self.region
+                else:
+                    self.region.close()
+        finally:
+            self.evq = None
             self.region = None
-        self._stuck = False
-        self.owner = None
-        self.caps = {}
+            self._stuck = False
+            self.owner = None
+            self.caps = {}
         self._reap()
 
     def _reap(self):
@@ -273,6 +285,7 @@ def _flatten(s, prefix=""):
 
 
 # Control-plane limits (Bridge arguments override the first four).
+MAX_DEVICE_REGION = 64 << 20    # a device's shared memory, refused past it before mapping
 MAX_CONNECTIONS = 256           # connections served at once; more are refused
 MAX_PER_PROCESS = 64            # connections one process (SO_PEERCRED pid) may hold
 MAX_DEVICES = 16                # devices one connection may hold open
@@ -461,10 +474,15 @@ class Bridge:
                     self._accept()
                     continue
                 conn = key.data
-                if not conn.closed and events & selectors.EVENT_WRITE:
-                    self._flush(conn)
-                if not conn.closed and events & selectors.EVENT_READ:
-                    self._service(conn)
+                try:
+                    if not conn.closed and events & selectors.EVENT_WRITE:
+                        self._flush(conn)
+                    if not conn.closed and events & selectors.EVENT_READ:
+                        self._service(conn)
+                except Exception as e:
+                    # A bug of ours must cost one connection, not the bus.
+                    log.exception("%s: internal error", conn)
+                    self._drop(conn, "internal_error", f"internal error: {type(e).__name__}")
             self._run_timers()
 
     # ---- deadlines -------------------------------------------------------
@@ -631,7 +649,13 @@ class Bridge:
             conn.events = events
 
     def _queue(self, conn, mtype, body):
-        msg = control.encode(mtype, body)
+        try:
+            msg = control.encode(mtype, body)
+        except ValueError as e:
+            # A reply too large for the protocol (or a reason quoting
+            # something long a peer chose): refused in a line of its own.
+            log.error("%s: %s", conn, e)
+            msg = control.encode(control.ERROR, {"error": f"the reply was too large: {e}"})
         if not conn.out:
             try:
                 conn.sock.send(msg)
@@ -767,6 +791,8 @@ class Bridge:
             dev = self.devices.get(name)
             if dev is None:
                 raise DeviceError(f"no device {name!r} on bus {self.bus}")
+            if dev.owner is conn:
+                raise DeviceError(f"device {name} is already open on this connection")
             if dev.owner is not None:
                 raise DeviceError(f"device {name} is in use by another frontend")
             if len(conn.devices) >= self.max_devices:
@@ -784,7 +810,8 @@ class Bridge:
             got = bits & dev.offered.get(gid, 0)
             if gid == abi.CAP_GROUP_SG:
                 got = abi.consistent_caps(got)
-            dev.caps[gid] = got
+            if gid in dev.offered:      # an unknown group is granted nothing, and kept nowhere
+                dev.caps[gid] = got
             return {"group": gid, "bits": got}
         if mtype == control.MACQUERY:
             return {"mac": dev.mac, "mtu": dev.mtu}

@@ -4,7 +4,7 @@ socket, file descriptors passed with SCM_RIGHTS.
 Wire format of one message (one datagram):
     magic b"VN" | u8 version | u8 type | u32 body length | body (UTF-8 JSON object)
 The body length must equal the datagram's remainder and be at most
-MAX_BODY.  A request's body is a flat object (values: numbers, strings,
+MAX_BODY for a request, MAX_REPLY_BODY for a reply.  A request's body is a flat object (values: numbers, strings,
 booleans, null, or lists of at most MAX_LIST of those); a reply's nests at
 most REPLY_DEPTH levels.  Anything else is a protocol error: the receiver
 closes that connection with a logged reason.  One socket is one bus: a frontend sees
@@ -19,7 +19,8 @@ import struct
 MAGIC = b"VN"
 VERSION = 1
 HDR = struct.Struct("<2sBBI")
-MAX_BODY = 8192
+MAX_BODY = 8192                 # a request's body
+MAX_REPLY_BODY = 65536          # a reply's (STATS of many devices)
 MAX_FDS = 16
 
 HELLO, LIST, OPEN, NEGCAP, REGISTER, LINKUP, LINKDOWN, MACQUERY, CLOSE, STATS, FLUSHRX = range(1, 12)
@@ -41,10 +42,15 @@ class Disconnected(ConnectionError):
     """The other side closed the control connection."""
 
 
+def max_body(mtype):
+    """The largest body a message of this type may carry."""
+    return MAX_REPLY_BODY if mtype >= REPLY else MAX_BODY
+
+
 def encode(mtype, body):
     data = json.dumps(body, separators=(",", ":")).encode()
-    if len(data) > MAX_BODY:
-        raise ValueError(f"control message body of {len(data)} bytes exceeds {MAX_BODY}")
+    if len(data) > max_body(mtype):
+        raise ValueError(f"control message body of {len(data)} bytes exceeds {max_body(mtype)}")
     return HDR.pack(MAGIC, VERSION, mtype, len(data)) + data
 
 
@@ -110,8 +116,8 @@ def decode(data, flags=0, max_depth=REPLY_DEPTH):
         raise ProtocolError(f"bad magic {bytes(magic)!r}")
     if version != VERSION:
         raise ProtocolError(f"protocol version {version}, expected {VERSION}")
-    if blen > MAX_BODY:
-        raise ProtocolError(f"body of {blen} bytes exceeds {MAX_BODY}")
+    if blen > max_body(mtype):
+        raise ProtocolError(f"body of {blen} bytes exceeds {max_body(mtype)}")
     if blen != len(data) - HDR.size:
         raise ProtocolError(f"body length {blen} does not match the {len(data) - HDR.size} bytes sent")
     try:
@@ -152,7 +158,7 @@ def fds_of(anc):
 def recv(sock, max_depth=REPLY_DEPTH):
     """(type, body dict, fds).  Raises Disconnected on EOF, ProtocolError on
     anything malformed (received fds are closed first)."""
-    data, anc, flags, _ = sock.recvmsg(HDR.size + MAX_BODY + 1, socket.CMSG_SPACE(MAX_FDS * 4))
+    data, anc, flags, _ = sock.recvmsg(HDR.size + MAX_REPLY_BODY + 1, socket.CMSG_SPACE(MAX_FDS * 4))
     fds = fds_of(anc)
     try:
         if not data and not anc:

@@ -154,7 +154,7 @@ class Bus:
         gen = self._gen
         while select.select([self.sock], [], [], 0)[0]:
             try:
-                data = self.sock.recv(control.HDR.size + control.MAX_BODY, socket.MSG_PEEK)
+                data = self.sock.recv(control.HDR.size + control.MAX_REPLY_BODY, socket.MSG_PEEK)
             except OSError:
                 data = b""
             if not data:
