@@ -860,6 +860,7 @@ class Bridge:
             self._reserve = None
         os.close(self._stop_r)
         os.close(self._stop_w)
+        self.sel.close()            # its epoll fd: a daemon closes many bridges
 
 
 def _alive(path):

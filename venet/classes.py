@@ -133,6 +133,10 @@ class LoopbackClass(DeviceClass):
         except BaseException:
             os.close(fd)
             raise
+        # Every offload is offered: a frame comes back to the frontend that
+        # sent it, which negotiated the same offloads, so a GSO super-frame or
+        # a partial checksum goes back as it came, its record unchanged.
+        dev.offered[abi.CAP_GROUP_SG] = abi.CAP_SG | abi.OFFLOAD_CAPS
         return _Instance(dev)
 
 

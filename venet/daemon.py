@@ -200,7 +200,9 @@ class Daemon(vbus.Observer):
         # the frontend's next call raise LinkDown.
         dev.reset()
         conn.devices.pop(device.name, None)
-        br._drop(conn, "device_removed", reason)
+        # No farewell ERROR: the frontend takes an unread message for the
+        # reply to a request in progress and would not see the end behind it.
+        br._drop(conn, "device_removed", reason, farewell=False)
 
     def connection_closed(self, conn, reason):
         br = self.bridges.get(conn.bus)
@@ -208,7 +210,7 @@ class Daemon(vbus.Observer):
             return
         for c in list(br.conns.values()):
             if c.context is conn and not c.closed:
-                br._drop(c, "revoked", reason)
+                br._drop(c, "revoked", reason, farewell=False)
 
     # ---- bus connections --------------------------------------------------
 
@@ -246,8 +248,11 @@ class Daemon(vbus.Observer):
                 return
             s.setblocking(False)
             pid, uid, gid = bridge._peercred(s)
-            if uid != 0 or len(self.admins) >= ADMIN_MAX_CONNECTIONS:
-                why = ("the admin socket serves root only" if uid != 0
+            # Root administers; a daemon run by another user (loopback
+            # devices need no root) is administered by that user too.
+            admin = uid in (0, os.geteuid())
+            if not admin or len(self.admins) >= ADMIN_MAX_CONNECTIONS:
+                why = ("the admin socket serves root only" if not admin
                        else f"too many admin connections (at most {ADMIN_MAX_CONNECTIONS})")
                 log.warning("admin connection from pid %d uid %d gid %d refused: %s", pid, uid, gid, why)
                 try:
