@@ -23,6 +23,7 @@ import os
 import selectors
 import socket
 import stat
+import time
 
 import vbus
 from venet import bridge
@@ -32,6 +33,8 @@ log = logging.getLogger("venet.daemon")
 ADMIN_MAX_REQUEST = 64 << 10
 ADMIN_SNDBUF = 8 << 20          # room for a large tree in one reply
 ADMIN_MAX_CONNECTIONS = 16
+REFUSE_HOLD = 5.0               # seconds a refused connection waits for its hello
+REFUSE_MAX = 64                 # refused connections held at once; more are closed at once
 
 
 def class_table():
@@ -74,6 +77,7 @@ class Daemon(vbus.Observer):
         self.sel = selectors.DefaultSelector()
         self.admin = None
         self.admins = {}
+        self.refusing = {}          # fd -> (socket, reason, deadline): refused, awaiting hello
         self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self.sel.register(self._stop_r, selectors.EVENT_READ, "stop")
 
@@ -112,12 +116,16 @@ class Daemon(vbus.Observer):
     def run(self):
         while True:
             timeouts = [t for t in (br.next_timeout() for br in self.bridges.values()) if t is not None]
+            if self.refusing:
+                timeouts.append(max(0.0, min(r[2] for r in self.refusing.values()) - time.monotonic()))
             for key, _ in self.sel.select(min(timeouts) if timeouts else None):
                 what = key.data
                 if what == "stop":
                     return
                 if what == "admin":
                     self._admin_accept()
+                elif isinstance(what, tuple):
+                    self._refuse_now(what[1])
                 elif isinstance(what, bridge.Bridge):
                     if not getattr(what, "gone", False):
                         what.poll(0)
@@ -125,6 +133,10 @@ class Daemon(vbus.Observer):
                     self._admin_serve(what)
             for br in list(self.bridges.values()):
                 br._run_timers()
+            now = time.monotonic()
+            for fd, (_, _, deadline) in list(self.refusing.items()):
+                if deadline <= now:
+                    self._refuse_now(fd)
 
     def close(self):
         """Tidy exit: connections closed, devices destroyed (taps we made
@@ -139,6 +151,8 @@ class Daemon(vbus.Observer):
             for s in list(self.admins.values()):
                 s.close()
             self.admins.clear()
+            for fd in list(self.refusing):
+                self._refuse_now(fd)
             if self.admin is not None:
                 self.admin.close()
                 self.admin = None
@@ -223,13 +237,41 @@ class Daemon(vbus.Observer):
             if br is not None:
                 br.counters["refused_access"] += 1
                 br._log(logging.WARNING, "refused_access", "%s: %s", e, getattr(e, "why", ""))
-            bridge._farewell(sock, str(e))
+            self._refuse_later(sock, str(e))
             raise bridge.Refused(str(e)) from None
         except (vbus.VbusError, OSError) as e:
             log.warning("bus %s: connection refused: %s", bus, e)
-            bridge._farewell(sock, str(e))
+            self._refuse_later(sock, str(e))
             raise bridge.Refused(str(e)) from None
         return vconn
+
+    def _refuse_later(self, sock, reason, farewell=bridge._farewell):
+        """The reason goes as the reply to the client's first request: a
+        socket closed before the client sent it would fail its send with
+        EPIPE, the reason unread.  A copy of the socket waits (bounded in
+        number and time) for that request; the caller closes its own."""
+        if len(self.refusing) >= REFUSE_MAX:
+            farewell(sock, reason)
+            return
+        try:
+            held = sock.dup()
+        except OSError:
+            farewell(sock, reason)
+            return
+        held.setblocking(False)
+        self.refusing[held.fileno()] = (held, (farewell, reason), time.monotonic() + REFUSE_HOLD)
+        self.sel.register(held, selectors.EVENT_READ, ("refuse", held.fileno()))
+
+    def _refuse_now(self, fd):
+        held, (farewell, reason), _ = self.refusing.pop(fd, (None, (None, None), None))
+        if held is None:
+            return
+        try:
+            self.sel.unregister(held)
+        except (KeyError, ValueError):
+            pass
+        farewell(held, reason)
+        held.close()
 
     def _dropped(self, conn):
         if conn.context is not None:
@@ -255,10 +297,7 @@ class Daemon(vbus.Observer):
                 why = ("the admin socket serves root only" if not admin
                        else f"too many admin connections (at most {ADMIN_MAX_CONNECTIONS})")
                 log.warning("admin connection from pid %d uid %d gid %d refused: %s", pid, uid, gid, why)
-                try:
-                    s.send(json.dumps({"ok": False, "error": why, "code": "access-denied"}).encode())
-                except OSError:
-                    pass
+                self._refuse_later(s, why, _admin_farewell)
                 s.close()
                 continue
             try:
@@ -317,6 +356,21 @@ class Daemon(vbus.Observer):
         if fn is None:
             raise AdminError(f"unknown admin op {op[:40]!r} (known: {', '.join(sorted(_OPS))})")
         return fn(self, req)
+
+
+def _admin_farewell(sock, reason):
+    """Drop what the refused admin client sent, then answer it."""
+    for _ in range(4):
+        try:
+            _, anc, _, _ = sock.recvmsg(ADMIN_MAX_REQUEST + 1, socket.CMSG_SPACE(16 * 4))
+        except OSError:
+            break
+        from venet import control
+        control.close_fds(control.fds_of(anc))
+    try:
+        sock.send(json.dumps({"ok": False, "error": reason, "code": "access-denied"}).encode())
+    except OSError:
+        pass
 
 
 def _str(req, key):
