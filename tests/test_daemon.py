@@ -427,3 +427,17 @@ def test_venet_classes_are_entry_points_and_importable():
         assert cls.name == name and cls.interface == "virtual-ethernet"
     assert {a.name for a in TapClass.attrs} == {"ifname", "netns", "mtu", "mac", "offloads", "poll_us", "cpu"}
     assert {a.name for a in LoopbackClass.attrs} == {"mtu", "mac"}
+
+
+def test_scapy_socket_works_against_a_daemon_bus(dmn):
+    from scapy.all import IP, UDP, Ether, Raw
+    from venet.scapy_socket import VenetSocket
+    setup_two(dmn)
+    s = VenetSocket(socket_path=dmn.sock("a"), iface="la")
+    try:
+        pkt = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(dst="10.9.9.9") / UDP() / Raw(b"hi")
+        s.send(pkt)
+        got = wait_until(lambda: s.recv(), timeout=10, what="the packet back")
+        assert bytes(got) == bytes(pkt)
+    finally:
+        s.close()

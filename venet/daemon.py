@@ -380,6 +380,19 @@ def _str(req, key):
     return v
 
 
+def _bus_create(d, req):
+    name = _str(req, "name")
+    path = os.path.join(d.bus_dir, name + ".sock")
+    if len(path.encode()) > 107:
+        raise AdminError(f"the socket path of bus {name[:40]!r} would be longer than 107 bytes: "
+                         f"use a shorter name or run directory")
+    d.reg.create_bus(name)
+    if name not in d.bridges:       # the observer could not serve it: undo
+        d.reg.destroy_bus(name, force=True)
+        raise AdminError(f"bus '{name}' could not be served on {path} (see the daemon's log)")
+    return {"bus": name, "socket": path}
+
+
 def _bus_list(d, req):
     out = []
     for name in d.reg.buses():
@@ -417,7 +430,7 @@ def _rule(d, req, action):
 
 
 _OPS = {
-    "bus-create": lambda d, r: (d.reg.create_bus(_str(r, "name")), {"bus": r["name"]})[1],
+    "bus-create": _bus_create,
     "bus-destroy": lambda d, r: (d.reg.destroy_bus(_str(r, "name"), force=True), {})[1],
     "bus-list": _bus_list,
     "bus-link": lambda d, r: (d.reg.link(_str(r, "bus"), _str(r, "device")), {})[1],
