@@ -441,3 +441,13 @@ def test_scapy_socket_works_against_a_daemon_bus(dmn):
         assert bytes(got) == bytes(pkt)
     finally:
         s.close()
+
+
+def test_a_second_daemon_on_the_same_run_dir_is_refused(dmn):
+    r = subprocess.run([sys.executable, "-m", "venet", "daemon", "--run-dir", dmn.run_dir],
+                       cwd=REPO, capture_output=True, text=True, timeout=30,
+                       env=dict(os.environ, PYTHONPATH=str(REPO)))
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines()[-1] == \
+        f"venet: error: {dmn.run_dir}/admin.sock is in use by a running daemon"
+    assert dmn.tree()["buses"] == {}        # the first one still serves
