@@ -217,6 +217,10 @@ def test_frontend_sends_and_receives_through_a_loopback(dmn):
         assert [d["name"] for d in bus.list()] == ["lo0"]
         dev = bus.open("lo0")
         assert dev.mtu == 9000
+        t = dmn.tree()
+        (conn,) = t["buses"]["t"]["connections"]
+        assert conn["devices"] == ["lo0"] and conn["pid"] == os.getpid()
+        assert t["devices"]["lo0"]["connections"] == [conn["id"]]
         sent = [frame(60, 1), frame(1514, 2), frame(9014, 3)]
         for f in sent:
             assert dev.send(f, timeout=5)

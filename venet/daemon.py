@@ -226,6 +226,21 @@ class Daemon(vbus.Observer):
             if c.context is conn and not c.closed:
                 br._drop(c, "revoked", reason, farewell=False)
 
+    def tree(self):
+        """The registry's tree, with what each connection holds open: the
+        control plane (not the registry) tracks opens."""
+        t = self.reg.tree()
+        for name, br in self.bridges.items():
+            held = {c.context.id: sorted(c.devices) for c in br.conns.values()
+                    if c.context is not None and not c.closed}
+            for entry in t["buses"].get(name, {}).get("connections", []):
+                entry["devices"] = held.get(entry["id"], [])
+                for dev in entry["devices"]:
+                    if dev in t["devices"]:
+                        t["devices"][dev]["connections"] = sorted(
+                            set(t["devices"][dev]["connections"]) | {entry["id"]})
+        return t
+
     # ---- bus connections --------------------------------------------------
 
     def _admit(self, bus, sock):
@@ -440,7 +455,7 @@ _OPS = {
     "device-create": _device_create,
     "device-set": _device_set,
     "device-destroy": lambda d, r: (d.reg.destroy_device(_str(r, "name"), force=True), {})[1],
-    "tree": lambda d, r: d.reg.tree(),
+    "tree": lambda d, r: d.tree(),
 }
 
 
