@@ -383,6 +383,7 @@ class Connection:
         self.stall_armed = False
         self.events = selectors.EVENT_READ
         self.closed = False
+        self.context = None         # the daemon's (its vbus connection)
 
     def __str__(self):
         return f"connection {self.id} (pid {self.pid} uid {self.uid} gid {self.gid})"
@@ -400,8 +401,14 @@ class Bridge:
     def __init__(self, socket_path, devices, group=None, bus="default", *,
                  max_connections=MAX_CONNECTIONS, max_per_process=MAX_PER_PROCESS,
                  max_devices=MAX_DEVICES,
-                 handshake_timeout=HANDSHAKE_TIMEOUT, output_timeout=OUTPUT_TIMEOUT):
+                 handshake_timeout=HANDSHAKE_TIMEOUT, output_timeout=OUTPUT_TIMEOUT,
+                 admit=None, on_drop=None):
         self.path = socket_path
+        # The daemon's hooks: admit(sock) returns the connection's context or
+        # raises Refused (access checked at accept); on_drop(conn) hears of
+        # every connection closed.
+        self.admit = admit
+        self.on_drop = on_drop
         self.devices = {d.name: d for d in devices}
         self.group = group
         self.bus = bus
@@ -422,7 +429,7 @@ class Bridge:
             "refused_no_fds", "accept_errors",
             "dropped_protocol", "dropped_handshake_timeout", "dropped_evicted", "dropped_output_full",
             "dropped_output_stall", "dropped_socket_error", "dropped_internal_error",
-            "requests_refused")}
+            "requests_refused", "refused_access", "dropped_device_removed", "dropped_revoked")}
         self._timers = []           # heap of (when, seq, what, conn)
         self._seq = itertools.count()
         self._ids = itertools.count(1)
@@ -463,27 +470,37 @@ class Bridge:
             pass
 
     def serve(self):
-        while True:
-            timeout = None
-            if self._timers:
-                timeout = max(0.0, self._timers[0][0] - time.monotonic())
-            for key, events in self.sel.select(timeout):
-                if key.data == "stop":
-                    return
-                if key.data == "listen":
-                    self._accept()
-                    continue
-                conn = key.data
-                try:
-                    if not conn.closed and events & selectors.EVENT_WRITE:
-                        self._flush(conn)
-                    if not conn.closed and events & selectors.EVENT_READ:
-                        self._service(conn)
-                except Exception as e:
-                    # A bug of ours must cost one connection, not the bus.
-                    log.exception("%s: internal error", conn)
-                    self._drop(conn, "internal_error", f"internal error: {type(e).__name__}")
-            self._run_timers()
+        while self.poll(self.next_timeout()):
+            pass
+
+    def next_timeout(self):
+        """Seconds until the next deadline (None: none armed)."""
+        if self._timers:
+            return max(0.0, self._timers[0][0] - time.monotonic())
+        return None
+
+    def poll(self, timeout):
+        """One round of serve(): what is ready within `timeout`, then the due
+        deadlines.  False once stop() was called.  A daemon serving many
+        buses on one thread calls it when self.sel's fd is readable."""
+        for key, events in self.sel.select(timeout):
+            if key.data == "stop":
+                return False
+            if key.data == "listen":
+                self._accept()
+                continue
+            conn = key.data
+            try:
+                if not conn.closed and events & selectors.EVENT_WRITE:
+                    self._flush(conn)
+                if not conn.closed and events & selectors.EVENT_READ:
+                    self._service(conn)
+            except Exception as e:
+                # A bug of ours must cost one connection, not the bus.
+                log.exception("%s: internal error", conn)
+                self._drop(conn, "internal_error", f"internal error: {type(e).__name__}")
+        self._run_timers()
+        return True
 
     # ---- deadlines -------------------------------------------------------
 
@@ -546,8 +563,16 @@ class Bridge:
                 self._refuse(sock, "refused_max_connections",
                              f"too many connections: this bridge serves at most {self.max_connections}")
                 continue
+            context = None
+            if self.admit is not None:
+                try:
+                    context = self.admit(sock)
+                except Refused:
+                    sock.close()        # admit sent the refusal and logged it
+                    continue
             self.counters["accepted"] += 1
             conn = Connection(sock, next(self._ids), time.monotonic() + self.handshake_timeout)
+            conn.context = context
             self.conns[conn.fd] = conn
             self._per_pid[conn.pid] += 1
             self._waiting[conn.fd] = conn
@@ -625,6 +650,11 @@ class Bridge:
                 log.exception("device %s: reset failed", dev.name)
         conn.devices.clear()
         conn.out.clear()
+        if self.on_drop is not None:
+            try:
+                self.on_drop(conn)
+            except Exception:
+                log.exception("%s: on_drop failed", conn)
         try:
             self.sel.unregister(conn.sock)
         except (KeyError, ValueError):
@@ -857,6 +887,7 @@ class Bridge:
             self._reserve = None
         os.close(self._stop_r)
         os.close(self._stop_w)
+        self.sel.close()            # its epoll fd: a daemon closes many bridges
 
 
 def _alive(path):

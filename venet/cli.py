@@ -124,7 +124,109 @@ def build_parser():
     dm.add_argument("--count", type=int, default=20, help="pings (default 20)")
     dm.add_argument("--poll-us", type=_poll, default=0, metavar="N")
     dm.set_defaults(func=_cmd_demo)
+    _admin_parsers(sub)
     return p
+
+
+DEFAULT_RUN_DIR = "/run/venet"
+
+
+def _kv(text):
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return key, value
+
+
+def _admin_parsers(sub):
+    """`venet daemon` and the admin commands that talk to it."""
+    dn = sub.add_parser("daemon", help="the vbus daemon: buses, devices and access, managed live")
+    dn.add_argument("--config", metavar="FILE", help="TOML config, or the JSON of `venet tree --json`")
+    dn.add_argument("--run-dir", default=DEFAULT_RUN_DIR, metavar="DIR",
+                    help=f"admin.sock and bus/NAME.sock here (default {DEFAULT_RUN_DIR})")
+    dn.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    dn.set_defaults(func=_cmd_daemon)
+
+    def admin(parser, request, show):
+        parser.add_argument("--run-dir", default=DEFAULT_RUN_DIR, metavar="DIR",
+                            help=f"the daemon's run directory (default {DEFAULT_RUN_DIR})")
+        parser.add_argument("--json", action="store_true", help="print the reply as JSON")
+        parser.set_defaults(func=_cmd_admin, request=request, show=show)
+
+    def done(_):
+        pass
+
+    def show_tree(t):
+        for name, b in t["buses"].items():
+            print(f"bus {name}: devices {', '.join(b['devices']) or '-'}; "
+                  f"{len(b['connections'])} connection(s)")
+        for name, d in t["devices"].items():
+            attrs = " ".join(f"{k}={v}" for k, v in d["attributes"].items())
+            print(f"device {name} ({d['class']}) on {', '.join(d['buses']) or '-'}: {attrs}")
+
+    bus = sub.add_parser("bus", help="create, destroy, list buses; link devices; access rules")
+    bsub = bus.add_subparsers(dest="what", metavar="ACTION", parser_class=_Parser)
+    bsub.required = True
+    for verb in ("create", "destroy"):
+        x = bsub.add_parser(verb, help=f"{verb} a bus")
+        x.add_argument("name")
+        admin(x, lambda a, v=verb: {"op": f"bus-{v}", "name": a.name}, done)
+    x = bsub.add_parser("list", help="the buses")
+    admin(x, lambda a: {"op": "bus-list"},
+          lambda r: [print(f"{b['name']}: devices {', '.join(b['devices']) or '-'}, "
+                           f"{b['connections']} connection(s), {b['socket']}") for b in r])
+    for verb in ("link", "unlink"):
+        x = bsub.add_parser(verb, help=f"{verb} a device and a bus")
+        x.add_argument("bus")
+        x.add_argument("device")
+        admin(x, lambda a, v=verb: {"op": f"bus-{v}", "bus": a.bus, "device": a.device}, done)
+    for verb in ("allow", "deny"):
+        x = bsub.add_parser(verb, help=f"{verb} a uid, gid or pid (and its descendants) on a bus")
+        x.add_argument("bus")
+        g = x.add_mutually_exclusive_group(required=True)
+        for k in ("uid", "gid", "pid"):
+            g.add_argument(f"--{k}", type=_id)
+        admin(x, lambda a, v=verb: {"op": f"bus-{v}", "bus": a.bus, "uid": a.uid, "gid": a.gid,
+                                    "pid": a.pid}, done)
+
+    dev = sub.add_parser("device", help="create, change, destroy devices")
+    dsub = dev.add_subparsers(dest="what", metavar="ACTION", parser_class=_Parser)
+    dsub.required = True
+    x = dsub.add_parser("create", help="a device of a class")
+    x.add_argument("name")
+    x.add_argument("--class", dest="cls", required=True, metavar="CLASS")
+    x.add_argument("--set", type=_kv, action="append", default=[], metavar="KEY=VALUE")
+    admin(x, lambda a: {"op": "device-create", "name": a.name, "class": a.cls, "set": dict(a.set)}, done)
+    x = dsub.add_parser("set", help="change an attribute")
+    x.add_argument("name")
+    x.add_argument("kv", type=_kv, metavar="KEY=VALUE")
+    admin(x, lambda a: {"op": "device-set", "name": a.name, "key": a.kv[0], "value": a.kv[1]}, done)
+    x = dsub.add_parser("destroy", help="destroy a device (closing it if open)")
+    x.add_argument("name")
+    admin(x, lambda a: {"op": "device-destroy", "name": a.name}, done)
+
+    tr = sub.add_parser("tree", help="the whole registry (--json: a config `venet daemon` accepts)")
+    admin(tr, lambda a: {"op": "tree"}, show_tree)
+
+
+def _id(text):
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number")
+    if not 0 <= v < 1 << 32:
+        raise argparse.ArgumentTypeError(f"{v} is out of range")
+    return v
+
+
+def _cmd_daemon(args):
+    from venet.service import run_daemon
+    return run_daemon(args)
+
+
+def _cmd_admin(args):
+    from venet.service import run_admin
+    return run_admin(args)
 
 
 DEFAULT_SOCKET = "/run/venet/venet.sock"

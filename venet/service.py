@@ -199,3 +199,52 @@ def run_stats(args):
                   "out_ring.kicks_suppressed", "in_ring.bad_total"):
             print(f"  {k:<24} {c.get(k, 0):>12}")
     return 0
+
+
+def run_daemon(args):
+    import vbus
+    from venet import daemon
+    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="venet daemon: %(message)s",
+                        stream=sys.stderr)
+    reg = None
+    if args.config:
+        try:
+            reg = vbus.Registry.from_config(vbus.load_config(args.config), classes=daemon.class_table(),
+                                            source=args.config)
+        except vbus.VbusError as e:
+            raise UsageError(str(e))
+    d = daemon.Daemon(args.run_dir, reg)
+    try:
+        try:
+            d.start()
+        except OSError as e:
+            raise UsageError(str(e))
+        on_stop_signals(d.stop)
+        logging.info("serving %s (%d buses, %d devices)", d.run_dir, len(d.reg.buses()), len(d.reg.devices()))
+        print(f"ready {d.admin_path}", flush=True)
+        d.run()
+    finally:
+        d.close()
+    return 0
+
+
+def run_admin(args):
+    """One admin command: args.request(args) makes the request, args.show
+    prints the result for people."""
+    from venet import daemon
+    req = args.request(args)
+    try:
+        result = daemon.request(args.run_dir, req)
+    except daemon.AdminRefused as e:
+        raise UsageError(str(e))
+    except FileNotFoundError:
+        raise UsageError(f"no daemon at {args.run_dir} (no admin.sock)")
+    except PermissionError:
+        raise UsageError(f"the admin socket {args.run_dir}/admin.sock serves root only")
+    except (ConnectionRefusedError, OSError) as e:
+        raise UsageError(f"cannot reach the daemon at {args.run_dir}: {e}")
+    if args.json:
+        print(json.dumps(result, indent=1, sort_keys=True))
+    else:
+        args.show(result)
+    return 0

@@ -1,0 +1,237 @@
+"""The venet device classes of the vbus: `venet-tap` and `venet-loopback`,
+both presenting the "virtual-ethernet" interface, so the one frontend
+(venet.frontend) drives either with the same code.
+
+Each instance wraps a `venet.bridge.Device` (the pump and its rings); the
+daemon puts that Device in the control plane of every bus it is linked to.
+
+venet-loopback's port is one AF_UNIX datagram socket connected to itself:
+what the pump writes (a frame behind its vnet header, one datagram) is
+queued in that socket's own receive queue and read back by the same pump.
+The kernel keeps the bounded queue and the readiness for epoll; no thread,
+no Python object per frame.  A connected datagram socket takes datagrams
+from its peer only (the kernel refuses any other sender), so nothing but
+the pump can put a frame into it.
+"""
+import hashlib
+import os
+import re
+import socket
+import threading
+
+from vbus import Attr, DeviceClass, DeviceInstance
+from vbus.errors import DeviceError as VbusDeviceError
+from venet import abi, placement
+
+INTERFACE = abi.DEVICE_TYPE          # "virtual-ethernet"
+LOOP_QUEUE_BYTES = 1 << 20           # the loopback's queue, per direction of its one socket
+
+
+def _mac(text):
+    if text == "":
+        return text
+    if not re.fullmatch(r"[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}", text):
+        raise ValueError(f"{text!r} is not a MAC address like 02:00:00:00:00:01")
+    if int(text[:2], 16) & 1:
+        raise ValueError(f"{text} is a multicast address; a device needs a unicast one")
+    if text.replace(":", "") == "000000000000":
+        raise ValueError("the all-zero MAC address is not allowed")
+    return text.lower()
+
+
+def _offloads(text):
+    return abi.cap_names(abi.parse_offloads(text))
+
+
+def _cpu(text):
+    if text in (placement.AUTO, placement.ANY):
+        return text
+    try:
+        v = int(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not auto, any or a CPU number") from None
+    if v < 0:
+        raise ValueError("a CPU number must not be negative")
+    return str(v)
+
+
+def _ifname(text):
+    if text and (len(text) > 15 or not re.fullmatch(r"[A-Za-z0-9_.-]+", text)):
+        raise ValueError(f"{text!r} is not an interface name (1 to 15 of letters, digits, _ . -)")
+    return text
+
+
+def default_mac(name):
+    """A stable locally administered unicast MAC for a device name."""
+    h = hashlib.sha256(name.encode()).digest()
+    return "02:" + ":".join(f"{b:02x}" for b in h[:5])
+
+
+_MTU = dict(min=abi.MIN_MTU, max=abi.MAX_MTU)
+
+
+class _Instance(DeviceInstance):
+    """A vbus device instance holding a bridge.Device."""
+
+    def __init__(self, dev):
+        self.dev = dev
+
+    def set(self, name, value):
+        if name == "mac":
+            self.dev.mac = value or default_mac(self.dev.name)
+        elif name == "mtu":
+            self.dev.mtu = value
+        elif name == "poll_us":
+            self.dev.poll_us = value
+        elif name == "cpu":
+            self.dev.cpu = value if value in (placement.AUTO, placement.ANY) else int(value)
+
+    def reset(self):
+        self.dev.reset()
+
+    def counters(self):
+        c = self.dev.stats()["counters"]
+        return {k: v for k, v in c.items() if "." not in k}
+
+    def destroy(self):
+        self.dev.close()
+
+
+def loop_port():
+    """The loopback's port: a datagram socket connected to itself (its own
+    autobound abstract address).  Returns the fd, non-blocking."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
+    try:
+        s.bind("")                      # autobind: a unique abstract address
+        s.connect(s.getsockname())
+        # A datagram larger than the send buffer is refused: room for the
+        # largest frame, and a queue of many.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, LOOP_QUEUE_BYTES)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, LOOP_QUEUE_BYTES)
+        return s.detach()
+    except BaseException:
+        s.close()
+        raise
+
+
+class LoopbackClass(DeviceClass):
+    name = "venet-loopback"
+    interface = INTERFACE
+    multi_open = False
+    doc = "what a frontend sends comes back to it (no root needed)"
+    attrs = (
+        Attr("mtu", int, 1500, **_MTU, doc="largest payload"),
+        Attr("mac", str, "", max_len=17, check=_mac, doc="the device's MAC (empty: derived from the name)"),
+    )
+
+    def create(self, name, attrs):
+        from venet import bridge
+        fd = loop_port()
+        try:
+            dev = bridge.Device(name, "loopback", fd, False, attrs["mac"] or default_mac(name),
+                                attrs["mtu"], cpu=placement.ANY)
+        except BaseException:
+            os.close(fd)
+            raise
+        # Every offload is offered: a frame comes back to the frontend that
+        # sent it, which negotiated the same offloads, so a GSO super-frame or
+        # a partial checksum goes back as it came, its record unchanged.
+        dev.offered[abi.CAP_GROUP_SG] = abi.CAP_SG | abi.OFFLOAD_CAPS
+        return _Instance(dev)
+
+
+def _in_netns(netns, fn):
+    """Run fn in network namespace `netns` (a name under /var/run/netns)
+    on a thread of its own: setns moves the calling thread only, so the
+    daemon's other threads stay where they are."""
+    if not netns:
+        return fn()
+    out = {}
+
+    def run():
+        try:
+            from pyroute2 import netns as nsmod
+            try:
+                nsmod.setns(netns, flags=0)
+            except OSError as e:
+                raise VbusDeviceError(f"cannot enter network namespace {netns}: {e.strerror}") from None
+            out["v"] = fn()
+        except BaseException as e:
+            out["e"] = e
+    t = threading.Thread(target=run, name="venet-netns")
+    t.start()
+    t.join()
+    if "e" in out:
+        raise out["e"]
+    return out["v"]
+
+
+class TapClass(DeviceClass):
+    name = "venet-tap"
+    interface = INTERFACE
+    multi_open = False
+    doc = "a tap device (root)"
+    attrs = (
+        Attr("ifname", str, "", max_len=15, check=_ifname, doc="the tap (empty: the device's name)"),
+        Attr("netns", str, "", pattern=r"[A-Za-z0-9_.-]*", max_len=64, doc="network namespace of the tap"),
+        Attr("mtu", int, 1500, **_MTU),
+        Attr("mac", str, "", max_len=17, check=_mac, doc="empty: the kernel's"),
+        Attr("offloads", str, "all", max_len=64, check=_offloads),
+        Attr("poll_us", int, 0, min=0, max=1_000_000, live=True),
+        Attr("cpu", str, placement.AUTO, max_len=8, check=_cpu),
+    )
+
+    def create(self, name, attrs):
+        from venet import bridge
+        from venet.devices import tap as taplib
+        ifname = attrs["ifname"] or name
+        if len(ifname) > 15:
+            raise VbusDeviceError(f"device name '{name}' is too long for a tap: set ifname")
+
+        def make():
+            try:
+                fd, created = taplib.open_tap(ifname)
+            except taplib.TapError as e:
+                raise VbusDeviceError(str(e)) from None
+            try:
+                taplib.configure(ifname, mtu=attrs["mtu"], mac=attrs["mac"] or None)
+                mac, mtu = taplib.link_info(ifname)
+            except BaseException as e:
+                os.close(fd)
+                if isinstance(e, taplib.TapError):
+                    raise VbusDeviceError(str(e)) from None
+                raise
+            return fd, created, mac, mtu
+        fd, created, mac, mtu = _in_netns(attrs["netns"], make)
+        cpu = attrs["cpu"]
+        try:
+            dev = bridge.Device(name, ifname, fd, created, mac, mtu, poll_us=attrs["poll_us"],
+                                offloads=abi.parse_offloads(attrs["offloads"]),
+                                cpu=cpu if cpu in (placement.AUTO, placement.ANY) else int(cpu))
+        except BaseException:
+            os.close(fd)
+            raise
+        return _TapInstance(dev, attrs["netns"])
+
+
+class _TapInstance(_Instance):
+    def __init__(self, dev, netns):
+        super().__init__(dev)
+        self.netns = netns
+
+    def set(self, name, value):
+        from venet.devices import tap as taplib
+        if name in ("mtu", "mac"):
+            # Only while closed (these attributes are not live): the tap is idle.
+            def apply():
+                try:
+                    taplib.configure(self.dev.tap_name, **{name: value or None})
+                    return taplib.link_info(self.dev.tap_name)
+                except taplib.TapError as e:
+                    raise VbusDeviceError(str(e)) from None
+            self.dev.mac, self.dev.mtu = _in_netns(self.netns, apply)
+        elif name in ("ifname", "netns", "offloads"):
+            raise VbusDeviceError(f"attribute '{name}' is fixed once the device exists; "
+                                  f"destroy and create it again")
+        else:
+            super().set(name, value)
