@@ -369,11 +369,11 @@ class Connection:
     """One control connection: non-blocking, its replies in a bounded queue
     the selector drains when the peer makes room."""
 
-    def __init__(self, sock, cid, hello_deadline):
+    def __init__(self, sock, cid, hello_deadline, creds):
         self.sock = sock
         self.fd = sock.fileno()
         self.id = cid
-        self.pid, self.uid, self.gid = _peercred(sock)
+        self.pid, self.uid, self.gid = creds      # SO_PEERCRED at accept
         self.hello = False
         self.hello_deadline = hello_deadline
         self.devices = {}           # name -> Device opened by this connection
@@ -547,12 +547,20 @@ class Bridge:
                 self._pause_listener(e)
                 return
             sock.setblocking(False)
-            pid = _peercred(sock)[0]
-            if self._per_pid[pid] >= self.max_per_process:
+            creds = _peercred(sock)
+            if self._per_pid[creds[0]] >= self.max_per_process:
                 self._refuse(sock, "refused_max_per_process",
                              f"too many connections from this process: one process may hold "
-                             f"{self.max_per_process}")
+                             f"{self.max_per_process}", creds)
                 continue
+            # Access first: a peer not allowed on the bus makes no room.
+            context = None
+            if self.admit is not None:
+                try:
+                    context = self.admit(sock)
+                except Refused:
+                    sock.close()        # admit sent the refusal and logged it
+                    continue
             if len(self.conns) >= self.max_connections and self._waiting:
                 # Full, and someone has not even said HELLO: that one makes
                 # room, so idle connections cannot lock newcomers out.
@@ -561,17 +569,11 @@ class Bridge:
                                               "said hello")
             if len(self.conns) >= self.max_connections:
                 self._refuse(sock, "refused_max_connections",
-                             f"too many connections: this bridge serves at most {self.max_connections}")
+                             f"too many connections: this bridge serves at most {self.max_connections}",
+                             creds)
                 continue
-            context = None
-            if self.admit is not None:
-                try:
-                    context = self.admit(sock)
-                except Refused:
-                    sock.close()        # admit sent the refusal and logged it
-                    continue
             self.counters["accepted"] += 1
-            conn = Connection(sock, next(self._ids), time.monotonic() + self.handshake_timeout)
+            conn = Connection(sock, next(self._ids), time.monotonic() + self.handshake_timeout, creds)
             conn.context = context
             self.conns[conn.fd] = conn
             self._per_pid[conn.pid] += 1
@@ -603,9 +605,9 @@ class Bridge:
             pass
         return sock is not None
 
-    def _refuse(self, sock, counter, reason):
+    def _refuse(self, sock, counter, reason, creds=None):
         self.counters[counter] += 1
-        pid, uid, gid = _peercred(sock)
+        pid, uid, gid = creds or _peercred(sock)
         self._log(logging.WARNING, counter, "refused a connection from pid %d uid %d gid %d: %s",
                   pid, uid, gid, reason)
         _farewell(sock, reason)

@@ -12,6 +12,7 @@ only the devices of the bus it connected to.
 """
 import array
 import json
+import os
 import re
 import socket
 import struct
@@ -63,15 +64,11 @@ def send(sock, mtype, body=None, fds=()):
 
 
 def close_fds(fds):
-    import os
     for fd in fds:
         try:
             os.close(fd)
         except OSError:
             pass
-
-
-_close_all = close_fds
 
 
 # Request bodies (what a frontend sends) are flat: an object whose values
@@ -166,7 +163,7 @@ def recv(sock, max_depth=REPLY_DEPTH):
         mtype, body = decode(data, flags, max_depth)
         return mtype, body, fds
     except BaseException:
-        _close_all(fds)
+        close_fds(fds)
         raise
 
 
@@ -194,7 +191,7 @@ def call(sock, mtype, body=None, fds=()):
     send(sock, mtype, body, fds)
     while True:
         rtype, rbody, rfds = recv(sock)
-        _close_all(rfds)
+        close_fds(rfds)
         if rtype == REPLY:
             return rbody
         if rtype == ERROR:

@@ -166,7 +166,7 @@ class Bus:
             if data[3:4] != bytes([control.EVENT]) or not self._lock.acquire(blocking=False):
                 break
             try:
-                control._close_all(control.recv(self.sock)[2])
+                control.close_fds(control.recv(self.sock)[2])
             except (OSError, control.ProtocolError):
                 self._lost(gen)
                 return False

@@ -147,7 +147,7 @@ def _answer(bus, s, what):
             raise Finding(f"no answer to {what} within {ANSWER_S} s") from None
         except control.ProtocolError as e:
             raise Finding(f"malformed answer to {what}: {e}") from None
-        control._close_all(fds)
+        control.close_fds(fds)
         if fds:
             raise Finding(f"the bridge sent fds with its answer to {what}")
         if mtype == control.REPLY:
