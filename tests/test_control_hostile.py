@@ -639,3 +639,17 @@ def test_negcap_of_unknown_groups_keeps_nothing(host):
             assert control.call(s, control.NEGCAP, {"device": "d0", "group": g, "bits": 1}) == \
                 {"group": g, "bits": 0}
     probe(h, "negcap flood")
+
+
+def test_venet_stats_shows_the_control_counters(host):
+    h = host()
+    s = client(h.path)
+    s.send(raw_msg(control.HELLO, b"[" * 100))
+    recv_until_eof(s)
+    s.close()
+    r = subprocess.run([sys.executable, "-m", "venet", "stats", "--socket", h.path],
+                       capture_output=True, text=True, timeout=30, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    assert "control: 1 connections of 256" in r.stdout
+    line = [ln for ln in r.stdout.splitlines() if "dropped_protocol" in ln]
+    assert line and line[0].split()[-1] == "1", r.stdout

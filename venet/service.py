@@ -198,6 +198,13 @@ def run_stats(args):
         for k in ("in_ring.kicks_sent", "in_ring.kicks_suppressed", "out_ring.kicks_sent",
                   "out_ring.kicks_suppressed", "in_ring.bad_total"):
             print(f"  {k:<24} {c.get(k, 0):>12}")
+    ctl = s.get("control") or {}
+    if ctl:
+        print(f"control: {ctl.get('connections', 0)} connections of {ctl.get('max_connections', 0)}")
+        for k in sorted(ctl):
+            if ctl[k] and (k.startswith(("refused_", "dropped_")) or
+                           k in ("accepted", "closed", "accept_errors", "requests_refused")):
+                print(f"  {k:<24} {ctl[k]:>12}")
     return 0
 
 
