@@ -156,7 +156,11 @@ def test_memory_of_a_pump_that_did_not_stop_stays_mapped_until_it_ends():
         outside.close()
 
 
-def test_link_up_waits_for_a_parked_pump():
+@pytest.fixture
+def held_pump():
+    """A device on a socketpair port whose pump thread waits for `go` before
+    it runs: it cannot stop in time, so linkdown and reset park it.
+    Yields (frontend, device, go); the test may set dev._run back."""
     fe = hostile.Frontend()
     port, outside = hostile.port_pair()
     dev = hostile.device(port.detach())
@@ -164,24 +168,30 @@ def test_link_up_waits_for_a_parked_pump():
     go = threading.Event()
     real_run = dev._run
     dev._run = lambda *args: (go.wait(), real_run(*args))
+    dev.real_run = real_run
     try:
-        dev.register(fe.fds)
-        dev.linkup()
-        dev.linkdown()
-        assert dev.parked and not dev.region.closed
-        from venet.bridge import DeviceError
-        with pytest.raises(DeviceError, match="previous pump has not stopped"):
-            dev.linkup()
-        go.set()
-        dev.parked[0][0].join(DEADLINE)
-        dev._run = real_run
-        dev.linkup()
-        assert dev.link
+        yield fe, dev, go
     finally:
         go.set()
         dev.close()
         fe.close()
         outside.close()
+
+
+def test_link_up_waits_for_a_parked_pump(held_pump):
+    from venet.bridge import DeviceError
+    fe, dev, go = held_pump
+    dev.register(fe.fds)
+    dev.linkup()
+    dev.linkdown()
+    assert dev.parked and not dev.region.closed
+    with pytest.raises(DeviceError, match="previous pump has not stopped"):
+        dev.linkup()
+    go.set()
+    dev.parked[0][0].join(DEADLINE)
+    dev._run = dev.real_run
+    dev.linkup()
+    assert dev.link
 
 
 # ---- bug 8: every TXC frame gets its event, saying what became of it ------
@@ -337,17 +347,13 @@ def test_a_refused_link_up_leaves_nothing_half_made(monkeypatch):
         outside.close()
 
 
-def test_no_second_pump_while_a_parked_one_lives_even_after_a_reset():
+def test_no_second_pump_while_a_parked_one_lives_even_after_a_reset(held_pump):
     """A reset hands the parked pump its memory; a new frontend's LINKUP
     must still wait for that pump to end (two pumps on one port, one
     serving the previous frontend's memory, would leak its traffic)."""
-    fe, fe2 = hostile.Frontend(), hostile.Frontend()
-    port, outside = hostile.port_pair()
-    dev = hostile.device(port.detach())
-    dev.STOP_TIMEOUT = 0.1
-    go = threading.Event()
-    real_run = dev._run
-    dev._run = lambda *args: (go.wait(), real_run(*args))
+    from venet.bridge import DeviceError
+    fe, dev, go = held_pump
+    fe2 = hostile.Frontend()
     try:
         dev.register(fe.fds)
         dev.linkup()
@@ -355,20 +361,17 @@ def test_no_second_pump_while_a_parked_one_lives_even_after_a_reset():
         dev.owner = object()
         dev.caps = {abi.CAP_GROUP_SG: abi.CAP_SG, abi.CAP_GROUP_EVENTQ: abi.CAP_EVQ_LINKSTATE}
         dev.register(fe2.fds)
-        from venet.bridge import DeviceError
         with pytest.raises(DeviceError, match="previous pump has not stopped"):
             dev.linkup()
         go.set()
         dev.parked[0][0].join(DEADLINE)
-        dev._run = real_run
+        dev._run = dev.real_run
         dev.linkup()
         assert dev.link and dev.thread.is_alive()
     finally:
         go.set()
         dev.close()
-        fe.close()
         fe2.close()
-        outside.close()
 
 
 def test_link_up_after_the_frontend_broke_a_ring_is_not_a_lie():
