@@ -37,6 +37,7 @@ MODULES = [
     "ioq._ring",
     "bench._ringbench",
     "bench._sysbench",
+    "bench._swbench",
     "venet._abi",
     "venet.devices._pump",
     "venet._frames",
