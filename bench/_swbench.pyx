@@ -104,11 +104,11 @@ def fe_stream_send(Ring tx, hdr, uint64_t total, uint32_t batch, uint32_t size,
     deadline = _deadline(seconds)
     with nogil:
         while seq < total:
+            if shm_now_ns() > deadline:
+                break
             want = batch if total - seq >= batch else <uint32_t>(total - seq)
             k = ioq_free(r, want)
             if k < want:
-                if shm_now_ns() > deadline:
-                    break
                 _wait(r, mode, poll_ns)
                 continue
             for i in range(want):
@@ -468,6 +468,8 @@ def afp_send(int fd, hdr, uint32_t size, uint64_t total, double seconds):
             r = c_send(fd, tmpl, size, 0)
             if r == <ssize_t>size:
                 seq += 1
+                if (seq & 1023) == 0 and shm_now_ns() > deadline:
+                    break
                 continue
             if shm_now_ns() > deadline:
                 break
@@ -644,6 +646,8 @@ cdef class MmapTx:
         deadline = _deadline(seconds)
         with nogil:
             while seq < total:
+                if shm_now_ns() > deadline:
+                    break
                 queued = 0
                 for k in range(batch):
                     if seq + queued >= total:
@@ -666,8 +670,6 @@ cdef class MmapTx:
                     seq += queued
                     r = c_send(self.fd, NULL, 0, MSG_DONTWAIT)
                     continue
-                if shm_now_ns() > deadline:
-                    break
                 # Ring full: flush and wait for the kernel to free slots.
                 c_send(self.fd, NULL, 0, MSG_DONTWAIT)
                 poll(&pfd, 1, 1)

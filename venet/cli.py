@@ -61,6 +61,16 @@ def build_parser():
                      help="a subset of veth,venet,venet-poll,venet-nooff,venet-pin,venet-any,socat,pypump,testpmd")
     e2e.set_defaults(func=_cmd_bench_e2e)
 
+    swb = bsub.add_parser("switch", help="frontends through a venet-switch of a throwaway daemon, "
+                                         "beside AF_PACKET over veth, an eventfd relay and DPDK memif")
+    swb.add_argument("--quick", action="store_true", help="short windows and counts (under a minute)")
+    swb.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    swb.add_argument("--cpus", type=_cpus, default=(0, 1), metavar="A,B",
+                     help="pin the two sides of each pair to CPUs A and B (default 0,1)")
+    swb.add_argument("--loopback", action="store_true",
+                     help="also run the frontend loops through a venet-loopback device")
+    swb.set_defaults(func=_cmd_bench_switch)
+
     iso = bsub.add_parser("isolation", help="frontend B's control replies and traffic while "
                                             "frontend A misbehaves, on one bridge (root)")
     iso.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
@@ -437,6 +447,15 @@ def _cmd_bench_e2e(args):
         e2e.main(json_path=args.json, out_dir=args.out, quick=args.quick, repeats=args.repeats,
                  topologies=args.topologies or e2e.TOPOLOGIES)
     except RuntimeError as e:
+        raise UsageError(str(e))
+    return 0
+
+
+def _cmd_bench_switch(args):
+    switch = _from_checkout("bench.switch", "bench switch")
+    try:
+        switch.main(cpus=args.cpus, json_path=args.json, quick=args.quick, loopback=args.loopback)
+    except ValueError as e:
         raise UsageError(str(e))
     return 0
 
