@@ -89,10 +89,11 @@ def daemon_memory(pid):
     return tot["Rss"], tot["Pss"], shm["Rss"], shm["Pss"]
 
 
-def context_switches(pid):
-    """Voluntary + involuntary context switches of all of pid's threads."""
+def context_switches(pid, main_only=False):
+    """Voluntary + involuntary context switches of all of pid's threads
+    (main_only: of its main thread, the control plane)."""
     n = 0
-    for tid in os.listdir(f"/proc/{pid}/task"):
+    for tid in [str(pid)] if main_only else os.listdir(f"/proc/{pid}/task"):
         try:
             with open(f"/proc/{pid}/task/{tid}/status") as f:
                 for line in f:
@@ -107,12 +108,17 @@ def threads(pid):
     return len(os.listdir(f"/proc/{pid}/task"))
 
 
+def fds(pid):
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
 def idle(pid, secs):
-    """(cpu percent, wake-ups per second) of the daemon over `secs`."""
-    c0, w0, t0 = cpu_seconds(pid), context_switches(pid), time.monotonic()
+    """(cpu percent, wake-ups per second, the main thread's wake-ups per
+    second) of the daemon over `secs`."""
+    c0, w0, m0, t0 = cpu_seconds(pid), context_switches(pid), context_switches(pid, True), time.monotonic()
     time.sleep(secs)
-    c1, w1, t1 = cpu_seconds(pid), context_switches(pid), time.monotonic()
-    return 100.0 * (c1 - c0) / (t1 - t0), (w1 - w0) / (t1 - t0)
+    c1, w1, m1, t1 = cpu_seconds(pid), context_switches(pid), context_switches(pid, True), time.monotonic()
+    return 100.0 * (c1 - c0) / (t1 - t0), (w1 - w0) / (t1 - t0), (m1 - m0) / (t1 - t0)
 
 
 # ---- holders: frontend processes ---------------------------------------------
@@ -325,7 +331,7 @@ def run(quick=False, progress=print):
         holders = [Holder(ctx, i, run_dir, sock) for i in range(HOLDERS)]
         time.sleep(0.2)
         mem0 = daemon_memory(d.pid)
-        th0 = threads(d.pid)
+        th0, fd0 = threads(d.pid), fds(d.pid)
 
         def add(names, cls, attrs, arp):
             times, sizes = [], []
@@ -354,13 +360,15 @@ def run(quick=False, progress=print):
         mem1 = daemon_memory(d.pid)
         device_rows("bus-device", n_loop, times, sizes, mem0, mem1)
         row("bus-device", "daemon_threads_per_device", (threads(d.pid) - th0) / n_loop)
+        row("bus-device", "daemon_fds_per_device", (fds(d.pid) - fd0) / n_loop)
 
         progress(f"idle for {idle_s:g} s with {n_loop} loopback devices open")
         time.sleep(0.5)
-        cpu, wake = idle(d.pid, idle_s)
+        cpu, wake, main = idle(d.pid, idle_s)
         row("bus-idle", "devices_open", n_loop)
         row("bus-idle", "cpu_percent", cpu)
         row("bus-idle", "wakeups_per_s", wake)
+        row("bus-idle", "main_thread_wakeups_per_s", main)
 
         for n in DRIVES:
             if n > n_loop:
@@ -393,10 +401,11 @@ def run(quick=False, progress=print):
             device_rows("bus-device-tap", n_tap, times, sizes, mem2, mem3)
             progress(f"idle for {idle_s:g} s with all {n_loop + n_tap} devices open")
             time.sleep(0.5)
-            cpu, wake = idle(d.pid, idle_s)
+            cpu, wake, main = idle(d.pid, idle_s)
             row("bus-idle-all", "devices_open", n_loop + n_tap)
             row("bus-idle-all", "cpu_percent", cpu)
             row("bus-idle-all", "wakeups_per_s", wake)
+            row("bus-idle-all", "main_thread_wakeups_per_s", main)
         if quick:
             notes.append(f"--quick: {n_loop} loopback and {n_tap} tap devices (the full run: "
                          f"{N_LOOP} and {N_TAP}), {idle_s:g} s idle windows, {drive_s:g} s drives")

@@ -79,7 +79,8 @@ def build_parser():
                     help="64 loopback and 8 tap devices, short windows (under a minute)")
     bb.set_defaults(func=_cmd_bench_bus)
 
-    br = sub.add_parser("bridge", help="the backend: a tap device served on a control socket")
+    br = sub.add_parser("bridge", help="the backend: a daemon with one bus and one tap device, "
+                                       "served on a control socket")
     br.add_argument("--tap", required=True, type=_ifname, help="tap to create (or open if it exists)")
     br.add_argument("--netns", type=_netns, help="network namespace of the tap")
     br.add_argument("--socket", default=DEFAULT_SOCKET, type=_sockpath, metavar="PATH",
