@@ -281,11 +281,20 @@ def _drive(devs, secs, start):
 
 # ---- the bench ---------------------------------------------------------------
 
+def _fd_limit():
+    """The daemon holds over a dozen descriptors per open device: its soft
+    limit up to the hard one (a soft 1024 would not hold 256 devices)."""
+    import resource
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _start_daemon(lab, run_dir):
     log = open(os.path.join(run_dir, "daemon.log"), "w")
     p = subprocess.Popen([sys.executable, "-m", "venet", "daemon", "--run-dir", run_dir,
                           "--log-level", "warning"], stdout=subprocess.PIPE, stderr=log, text=True,
-                         cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), start_new_session=True)
+                         cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT), start_new_session=True,
+                         preexec_fn=_fd_limit)
     log.close()
     lab.procs.append(p)             # lab.close() ends it by pid
     poller = select.poll()
