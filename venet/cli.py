@@ -82,7 +82,15 @@ def build_parser():
     sc.add_argument("--quick", action="store_true", help="a tenth of the calls")
     sc.set_defaults(func=_cmd_bench_syscalls)
 
-    br = sub.add_parser("bridge", help="the backend: a tap device served on a control socket")
+    bb = bsub.add_parser("bus", help="many devices on one daemon: create-to-first-frame, memory, "
+                                     "idle cost and frames per second of loopback devices (root)")
+    bb.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    bb.add_argument("--quick", action="store_true",
+                    help="64 loopback and 8 tap devices, short windows (under a minute)")
+    bb.set_defaults(func=_cmd_bench_bus)
+
+    br = sub.add_parser("bridge", help="the backend: a daemon with one bus and one tap device, "
+                                       "served on a control socket")
     br.add_argument("--tap", required=True, type=_ifname, help="tap to create (or open if it exists)")
     br.add_argument("--netns", type=_netns, help="network namespace of the tap")
     br.add_argument("--socket", default=DEFAULT_SOCKET, type=_sockpath, metavar="PATH",
@@ -467,6 +475,18 @@ def _cmd_bench_isolation(args):
     isolation = _from_checkout("bench.isolation", "bench isolation")
     try:
         isolation.main(json_path=args.json, quick=args.quick)
+    except RuntimeError as e:
+        raise UsageError(str(e))
+    return 0
+
+
+def _cmd_bench_bus(args):
+    import os
+    if os.geteuid() != 0:
+        raise UsageError("venet bench bus needs root: it creates a network namespace and taps")
+    bus = _from_checkout("bench.bus", "bench bus")
+    try:
+        bus.main(json_path=args.json, quick=args.quick)
     except RuntimeError as e:
         raise UsageError(str(e))
     return 0

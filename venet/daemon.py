@@ -68,11 +68,17 @@ def _claim(path):
 
 
 class Daemon(vbus.Observer):
-    def __init__(self, run_dir, registry=None):
+    def __init__(self, run_dir, registry=None, *, bus_sockets=None):
+        """`bus_sockets`: {bus name: options} for buses served on a socket of
+        their own instead of RUN_DIR/bus/NAME.sock (`venet bridge`): "path",
+        and the Bridge's "group", "max_connections", "max_per_process".
+        Such a socket keeps the Bridge's file mode (0600, or 0660 for its
+        group), so the kernel refuses other users before access rules do."""
         self.run_dir = os.path.abspath(run_dir)
         self.bus_dir = os.path.join(self.run_dir, "bus")
         self.admin_path = os.path.join(self.run_dir, "admin.sock")
         self.reg = registry if registry is not None else vbus.Registry(class_table())
+        self.bus_sockets = dict(bus_sockets or {})
         self.bridges = {}
         self.sel = selectors.DefaultSelector()
         self.admin = None
@@ -166,17 +172,25 @@ class Daemon(vbus.Observer):
 
     # ---- the registry's observer ------------------------------------------
 
+    def socket_path(self, bus):
+        own = self.bus_sockets.get(bus)
+        return own["path"] if own else os.path.join(self.bus_dir, bus + ".sock")
+
     def bus_created(self, bus):
-        path = os.path.join(self.bus_dir, bus.name + ".sock")
+        own = self.bus_sockets.get(bus.name)
+        path = self.socket_path(bus.name)
+        kw = {k: own[k] for k in ("group", "max_connections", "max_per_process") if k in own} if own else {}
         br = bridge.Bridge(path, [], bus=bus.name, admit=lambda sock, b=bus.name: self._admit(b, sock),
-                           on_drop=self._dropped)
+                           on_drop=self._dropped, **kw)
         try:
-            _claim(path)
-            br.listen()
+            if not own:
+                _claim(path)
+            br.listen()             # its own claim says "in use by a running bridge"
         except OSError:
             br.close()
             raise
-        os.chmod(path, 0o666)       # who may use the bus is decided at accept, from SO_PEERCRED
+        if not own:
+            os.chmod(path, 0o666)   # who may use the bus is decided at accept, from SO_PEERCRED
         self.bridges[bus.name] = br
         self.sel.register(br.sel.fileno(), selectors.EVENT_READ, br)
 
@@ -397,7 +411,7 @@ def _str(req, key):
 
 def _bus_create(d, req):
     name = _str(req, "name")
-    path = os.path.join(d.bus_dir, name + ".sock")
+    path = d.socket_path(name)
     if len(path.encode()) > 107:
         raise AdminError(f"the socket path of bus {name[:40]!r} would be longer than 107 bytes: "
                          f"use a shorter name or run directory")
@@ -413,7 +427,7 @@ def _bus_list(d, req):
     for name in d.reg.buses():
         b = d.reg.bus(name)
         out.append({"name": name, "devices": list(b.devices), "connections": len(b.connections),
-                    "socket": os.path.join(d.bus_dir, name + ".sock")})
+                    "socket": d.socket_path(name)})
     return out
 
 

@@ -37,43 +37,129 @@ def on_stop_signals(fn):
     return lambda: [signal.signal(sig, h) for sig, h in old.items()]
 
 
+def bridge_bus_name(socket_path):
+    """The bus of `venet bridge`: named after its socket's file name
+    (bus.sock: "bus") where that is a valid bus name, else "default"."""
+    import vbus
+    stem = os.path.basename(socket_path)
+    if stem.endswith(".sock"):
+        stem = stem[:-len(".sock")]
+    try:
+        return vbus.names.check_name(stem, "bus name")
+    except vbus.VbusError:
+        return "default"
+
+
 def run_bridge(args):
-    from venet import abi, bridge
+    """`venet bridge --tap ...`: a daemon (venet.daemon) holding one bus,
+    served on --socket, with one venet-tap device; its run dir (the admin
+    socket) is a private temporary directory, removed on exit."""
+    import shutil
+    import tempfile
+
+    import vbus
+    from venet import abi, classes, daemon
     from venet.devices import tap as taplib
     logging.basicConfig(level=logging.INFO, format="venet bridge: %(message)s", stream=sys.stderr)
     if os.geteuid() != 0:
         raise UsageError("venet bridge needs root (CAP_NET_ADMIN) to create taps")
     os.makedirs(os.path.dirname(os.path.abspath(args.socket)), mode=0o755, exist_ok=True)
-    # Claim the socket first: a taken path fails before any tap is made.
-    br = bridge.Bridge(args.socket, [], group=args.group,
-                       max_connections=args.max_connections,
-                       max_per_process=args.max_per_process)
+    name = args.device or args.tap
+    try:
+        vbus.names.check_name(name, "device name")
+    except vbus.VbusError as e:
+        raise UsageError(f"{e}{'' if args.device else ' (name the device with --device)'}")
+    bus = bridge_bus_name(args.socket)
+    # The registry's cap on a bus's connections must not undercut the
+    # bridge's own (--max-connections), which refuses with its own text.
+    reg = vbus.Registry(daemon.class_table(),
+                        max_connections=max(vbus.model.MAX_CONNECTIONS, args.max_connections))
+    reg.create_bus(bus)
+    if args.group is not None:
+        # The socket's mode (0660, its group) lets the group's members
+        # reach it; the bus's rule lets them on.
+        reg.allow(bus, gid=args.group)
+    _sweep_run_dirs()
+    run_dir = tempfile.mkdtemp(prefix=f"{RUN_DIR_PREFIX}{os.getpid()}-")
+    d = daemon.Daemon(run_dir, reg, bus_sockets={bus: {
+        "path": args.socket, "group": args.group, "max_connections": args.max_connections,
+        "max_per_process": args.max_per_process}})
     try:
         try:
-            br.listen()
+            d.start()       # claims the socket first: a taken path fails before any tap is made
         except OSError as e:
             raise UsageError(str(e))
-        _enter_netns(args.netns)
+        attrs = {"ifname": args.tap, "netns": args.netns or "", "mac": args.mac or "",
+                 "offloads": abi.cap_names(args.offloads),
+                 "poll_us": args.poll_us, "cpu": str(args.cpu)}
         try:
-            fd, created = taplib.open_tap(args.tap)
-        except taplib.TapError as e:
+            # Without --mtu an existing tap keeps its MTU (a new one has 1500).
+            attrs["mtu"] = args.mtu or classes._in_netns(args.netns, lambda: _tap_mtu(args.tap))
+            reg.create_device(name, classes.TapClass.name, attrs, buses=(bus,))
+            dev = reg.device(name).instance.dev
+            if args.master:
+                def enslave():
+                    taplib.configure(args.tap, master=args.master)
+                    return taplib.link_info(args.tap)
+                dev.mac, dev.mtu = classes._in_netns(args.netns, enslave)
+        except (vbus.VbusError, taplib.TapError) as e:
             raise UsageError(str(e))
-        dev = bridge.Device(args.device or args.tap, args.tap, fd, created, None, None,
-                            poll_us=args.poll_us, offloads=args.offloads, cpu=args.cpu)
-        br.devices[dev.name] = dev      # from here br.close() closes the tap
-        try:
-            taplib.configure(args.tap, mtu=args.mtu, mac=args.mac, master=args.master)
-            dev.mac, dev.mtu = taplib.link_info(args.tap)
-        except taplib.TapError as e:
-            raise UsageError(str(e))
-        on_stop_signals(br.stop)
-        logging.info("tap %s (%s, mtu %d, offloads %s) on %s", args.tap, dev.mac, dev.mtu,
-                     abi.cap_names(dev.offered[abi.CAP_GROUP_SG] & abi.OFFLOAD_CAPS), args.socket)
+        on_stop_signals(d.stop)
+        logging.info("tap %s (%s, mtu %d, offloads %s) on %s: bus %s of a daemon at %s",
+                     args.tap, dev.mac, dev.mtu,
+                     abi.cap_names(dev.offered[abi.CAP_GROUP_SG] & abi.OFFLOAD_CAPS), args.socket,
+                     bus, d.run_dir)
         print(f"ready {args.socket}", flush=True)
-        br.serve()
+        d.run()
     finally:
-        br.close()          # closing the tap fd removes a tap we created
+        try:
+            d.close()       # closing the tap fd removes a tap we created
+        finally:
+            shutil.rmtree(run_dir, ignore_errors=True)
     return 0
+
+
+RUN_DIR_PREFIX = "venet-bridge-"
+
+
+def _sweep_run_dirs():
+    """Remove the private run dirs of bridges that were killed (SIGKILL
+    leaves theirs): ours (same owner, mode 0700), named after a pid that
+    no longer runs.  A live bridge's pid runs, so none is touched; a dead
+    one's pid taken by another process is left for a later sweep."""
+    import re
+    import shutil
+    import stat
+    import tempfile
+    top = tempfile.gettempdir()
+    try:
+        names = os.listdir(top)
+    except OSError:
+        return
+    for n in names:
+        m = re.fullmatch(re.escape(RUN_DIR_PREFIX) + r"(\d+)-[A-Za-z0-9_]+", n)
+        if not m:
+            continue
+        path = os.path.join(top, n)
+        try:
+            st = os.lstat(path)
+            if (not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid()
+                    or stat.S_IMODE(st.st_mode) != 0o700):
+                continue
+            os.kill(int(m.group(1)), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (OSError, ValueError, OverflowError):
+            continue
+
+
+def _tap_mtu(name):
+    """The MTU of interface `name` if it exists, else a new tap's (1500)."""
+    from venet.devices import tap as taplib
+    try:
+        return taplib.link_info(name)[1]
+    except taplib.TapError:
+        return 1500
 
 
 def run_attach(args):
