@@ -40,6 +40,7 @@ MODULES = [
     "venet._abi",
     "venet.devices._pump",
     "venet._frames",
+    "venet.devices._switch",
 ]
 
 
