@@ -324,3 +324,147 @@ def test_segmenter_against_scapy_frames():
                         3000, 34, mtu=1500)
     with pytest.raises(ValueError, match="not segmented"):
         _switch.segment(f, abi.GSO_UDP, 1000, 34)
+
+
+def hostile_port(path, txc=True):
+    """A frontend built from raw ioq (tests/hostile.py) opened on the
+    switch: (control socket, Frontend, RawPeer on its TX ring)."""
+    import socket
+
+    from tests.conftest import RawPeer
+    from tests.hostile import Frontend
+    from venet import control
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    s.settimeout(5)
+    s.connect(path)
+    control.call(s, control.HELLO, {"version": control.VERSION})
+    info = control.call(s, control.OPEN, {"device": "sw0"})
+    control.call(s, control.NEGCAP, {"device": "sw0", "group": abi.CAP_GROUP_SG, "bits": abi.CAP_SG})
+    control.call(s, control.NEGCAP, {"device": "sw0", "group": abi.CAP_GROUP_EVENTQ,
+                                     "bits": abi.CAP_EVQ_LINKSTATE | (abi.CAP_EVQ_TXC if txc else 0)})
+    f = Frontend(ring=128, evq=64)
+    control.call(s, control.REGISTER, {"device": "sw0"}, f.fds)
+    control.call(s, control.LINKUP, {"device": "sw0"})
+    return s, f, RawPeer(f.region, abi.RING_TX), info["mac"]
+
+
+def test_a_hostile_port_changes_only_its_own_counters(lab):
+    sw = lab.switch()
+    b = lab.bus(sw)
+    a, c = lab.front(b), lab.front(b)
+    s, f, peer, hmac = hostile_port(b.path)
+    try:
+        base = f.region.paired_base(abi.RING_TX)
+        good = eth(BCAST, hmac, 77)
+
+        def put(pos, data):
+            off = f.region.buffer_offset(base + pos % peer.count)
+            peer.mm[off:off + len(data)] = data
+            return off
+
+        # 1. out of bounds
+        peer.publish(1, 0, 60)
+        # 2. a chain whose continuation carries NEEDS_CSUM
+        off = put(1, good)
+        peer.publish(2, off, 60, abi.F_MORE)
+        off = put(2, good)
+        peer.publish(3, off, 60, abi.F_NEEDS_CSUM)
+        # 3. an offload record the port did not negotiate
+        off = put(3, bytes(16) + good)
+        peer.publish(4, off, 76, abi.F_NEEDS_CSUM)
+        # 4. a flag bit venet does not know
+        off = put(4, good)
+        peer.publish(5, off, 60, 1 << 25)
+        # 5. too short
+        off = put(5, good[:10])
+        peer.publish(6, off, 10)
+        # 6. a chain longer than 64 descriptors
+        for i in range(65):
+            off = put(6 + i, good)
+            peer.publish(7 + i, off, 60, abi.F_MORE)
+        off = put(71, good)
+        peer.publish(100, off, 60)
+        # 7. finally a good one, with TXC
+        off = put(72, good)
+        peer.publish(200, off, 60, abi.F_TXC)
+        os.eventfd_write(f.backend_waits[0], 1)
+        got = wait_until(lambda: a.recv(timeout=0.5), what="the good frame")
+        assert got[14:18] == (77).to_bytes(4, "big")
+        assert c.recv(timeout=2)[14:18] == (77).to_bytes(4, "big")
+        assert drain(a, 0.2) == [] and drain(c, 0.1) == []
+        hp = port_of_mac(sw, hmac).counters()
+        assert hp["drop_bad_desc"] == 1
+        assert hp["drop_chain"] >= 2
+        assert hp["drop_meta_not_negotiated"] == 1
+        assert hp["drop_offload"] == 1
+        assert hp["drop_short"] == 1
+        assert hp["rx_frames"] == 1 and hp["floods"] == 1
+        evs = f.events(2)     # the link-up, then the good frame's completion
+        assert evs[0][0] == abi.EV_LINKSTATE
+        assert evs[1][0] == abi.EV_TXC and evs[1][2] == 200 and evs[1][3] >> 32 == 0
+        drops = [k for k in hp if k.startswith("drop_")]
+        for d in (a, c):
+            pc = port_of(sw, d).counters()
+            assert all(pc[k] == 0 for k in drops), pc
+            assert pc["tx_frames"] == 1
+    finally:
+        peer.close()
+        s.close()
+        wait_until(lambda: len(sw.ports) == 2, what="the hostile port to go")
+        f.close()
+
+
+def port_of_mac(sw, mac):
+    for p in sw.ports.values():
+        if p.mac == mac:
+            return p
+    raise KeyError(mac)
+
+
+_STREAMER = r"""
+import sys, time
+sys.path.insert(0, {root!r})
+from venet import frontend as fe
+bus = fe.connect({path!r})
+dev = bus.open("sw0")
+f = bytes.fromhex("ffffffffffff") + bytes.fromhex(dev.mac.replace(":", "")) + b"\x88\xb5" + bytes(46)
+print(dev.mac, flush=True)
+deadline = time.monotonic() + 30
+while time.monotonic() < deadline:
+    dev.send(f, timeout=0.2)
+"""
+
+
+def test_a_frontend_killed_under_a_stream_loses_its_port_only(lab, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    sw = lab.switch()
+    b = lab.bus(sw)
+    a, c = lab.front(b), lab.front(b)
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-c", _STREAMER.format(root=root, path=b.path)],
+                            stdout=subprocess.PIPE, text=True)
+    try:
+        kmac = proc.stdout.readline().strip()
+        assert kmac, "the streaming frontend did not start"
+        got = [a.recv(timeout=5) for _ in range(10)]
+        assert all(g is not None and g[6:12] == bytes.fromhex(kmac.replace(":", "")) for g in got)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+        wait_until(lambda: len(sw.ports) == 2, what="the killed frontend's port to go")
+        assert kmac not in sw.engine.macs()
+        # The others keep going, both ways (what the stream left queued first).
+        drain(a, 0.1), drain(c, 0.1)
+        for i in range(50):
+            assert a.send(eth(c.mac, a.mac, i), timeout=2)
+        got = [c.recv(timeout=2) for _ in range(50)]
+        assert [int.from_bytes(g[14:18], "big") for g in got] == list(range(50))
+        assert c.send(eth(a.mac, c.mac, 99), timeout=2)
+        assert drain(a, 0.5)[-1][14:18] == (99).to_bytes(4, "big")
+        assert sw.engine.stats()["ports_removed"] >= 1
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stdout.close()
