@@ -119,7 +119,17 @@ cdef struct sw_t:
     int lin_state               # 0: not copied, 1: copied, 2: checksum finished
     uint8_t *seg                # one segment
     uint8_t *tapbuf             # one tap read: vnet header + frame
+    int epfd                    # every port's doorbell or tap, and the stop fd
+    int stop_fd
     sw_stats_t st
+
+
+# The worker pool's task functions over one switch (ctx = the sw_t *):
+# run = sw_task_run (its fd: Switch.task_fd, the switch's own epoll),
+# peek = sw_peek.  sw_run is one turn without looking at the fds.
+cdef int sw_run(sw_t *sw, uint32_t events) noexcept nogil
+cdef int sw_task_run(sw_t *sw, uint32_t events) noexcept nogil
+cdef bint sw_peek(sw_t *sw) noexcept nogil
 
 
 cdef class Switch:

@@ -477,16 +477,18 @@ cdef uint32_t ring_turn(sw_t *sw, uint32_t slot) noexcept nogil:
 cdef uint32_t tap_turn(sw_t *sw, uint32_t slot) noexcept nogil:
     """Up to SW_BATCH frames read from a tap port."""
     cdef sw_port_t *p = &sw.ports[slot]
-    cdef uint32_t frames = 0, mflags, st
+    cdef uint32_t frames = 0, reads = 0, mflags, st
     cdef ssize_t got
     cdef iovec one
     cdef virtio_net_hdr_t h
     cdef venet_meta_t meta
-    while p.tap_ready and frames < SW_BATCH:
+    # Bounded in reads: refused frames and interrupted reads cost budget too.
+    while p.tap_ready and reads < SW_BATCH:
+        reads += 1
         got = read(p.fd, sw.tapbuf, TAPBUF_SIZE)
         if got < 0:
-            if errno == EAGAIN or errno != EINTR:
-                p.tap_ready = False
+            if errno != EINTR:
+                p.tap_ready = False     # EAGAIN: empty until epoll says otherwise
             continue
         if got == 0:
             p.tap_ready = False
@@ -603,6 +605,40 @@ cdef void sw_woken(sw_t *sw, epoll_event *evs, int n) noexcept nogil:
     pthread_mutex_unlock(&sw.lock)
 
 
+cdef int sw_events(sw_t *sw, int timeout_ms) noexcept nogil:
+    """Wait up to timeout_ms (0: do not wait) on the switch's epoll and take
+    what it reports: each rung doorbell's edge (ioq_kicked, so its peer may
+    kick again), each readable tap.  Returns -1 after stop(), else how
+    many events."""
+    cdef epoll_event evs[32]
+    cdef int n, i
+    cdef uint64_t cnt
+    cdef bint stop = False
+    n = epoll_wait(sw.epfd, evs, 32, timeout_ms)
+    for i in range(n):
+        if evs[i].data.u64 == TAG_STOP:
+            cnt = 0
+            read(sw.stop_fd, &cnt, 8)
+            # 1 per stop(), 2 per wake(): an odd count holds a stop.
+            if cnt & 1:
+                stop = True
+            evs[i].data.u64 = SW_MAX_PORTS
+    if n >= 0:
+        sw_woken(sw, evs, n if n > 0 else 0)
+    return -1 if stop else n
+
+
+cdef int sw_task_run(sw_t *sw, uint32_t events) noexcept nogil:
+    """The worker pool's `run` for a switch whose one fd is its own epoll
+    (Switch.task_fd: readable when a port's doorbell rang, a tap has
+    frames, or stop() was called).  events != 0: that fd was reported, so
+    what it holds is taken first, without waiting.  SW_DONE after stop(),
+    else as sw_run."""
+    if events and sw_events(sw, 0) < 0:
+        return SW_DONE
+    return sw_run(sw, 0)
+
+
 cdef class Switch:
     """The switch's engine and its ports.  Thread-safe: ports are added and
     removed from the control plane while the engine runs."""
@@ -643,6 +679,8 @@ cdef class Switch:
         self.epfd = epoll_create1(EPOLL_CLOEXEC)
         if self.epfd < 0:
             raise OSError(errno, "epoll_create1")
+        self.sw.epfd = self.epfd
+        self.sw.stop_fd = self.stop_fd
         cdef epoll_event ev
         ev.events = EPOLLIN
         ev.data.u64 = TAG_STOP
@@ -848,31 +886,25 @@ cdef class Switch:
         already queued; an attribute changed)."""
         os.eventfd_write(self.stop_fd, 2)
 
+    @property
+    def task_fd(self):
+        """The one fd a worker pool watches for this switch (its epoll)."""
+        return self.epfd
+
     def _serve(self):
-        cdef epoll_event evs[32]
-        cdef int n, i, rc
-        cdef bint stop = False
-        cdef uint64_t cnt
+        cdef int rc
         cdef sw_t *sw = self.sw
         with nogil:
-            while not stop:
+            while True:
                 rc = sw_run(sw, 0)
                 if rc == SW_MORE:
                     continue
-                n = epoll_wait(self.epfd, evs, 32, 1000)
-                for i in range(n):
-                    if evs[i].data.u64 == TAG_STOP:
-                        cnt = 0
-                        read(self.stop_fd, &cnt, 8)
-                        # 1 per stop(), 2 per wake(): an odd count holds a stop.
-                        if cnt & 1:
-                            stop = True
-                        evs[i].data.u64 = SW_MAX_PORTS
-                if n > 0:
-                    sw_woken(sw, evs, n)
-                elif n == 0:
-                    # The 1 s timeout: a turn for the MAC sweep.
-                    sw_woken(sw, evs, 0)
+                # Idle, every signal armed: sleep until a doorbell, a tap,
+                # stop() or the 1 s tick (the MAC sweep).  The events are
+                # taken here, where they are reported: a doorbell's edge is
+                # reported once.
+                if sw_events(sw, 1000) < 0:
+                    break
         self.running = False
 
 
