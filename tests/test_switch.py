@@ -469,3 +469,29 @@ def test_a_frontend_killed_under_a_stream_loses_its_port_only(lab, tmp_path):
             proc.kill()
             proc.wait(10)
         proc.stdout.close()
+
+
+def test_ports_come_and_go_while_traffic_flows(lab):
+    sw = lab.switch()
+    b = lab.bus(sw)
+    a = lab.front(b)
+    stop = threading.Event()
+    frame = eth(BCAST, a.mac, 5)
+
+    def stream():
+        while not stop.is_set():
+            a.send(frame, timeout=0.05)
+    t = threading.Thread(target=stream, daemon=True)
+    t.start()
+    try:
+        for i in range(20):
+            conn = fe.connect(b.path)
+            d = conn.open("sw0")
+            assert d.recv(timeout=2) is not None
+            conn.close()        # removed while a's broadcasts are being copied to it
+        wait_until(lambda: len(sw.ports) == 1, what="the short-lived ports to go")
+        assert sw.engine.stats()["ports_removed"] == 20
+    finally:
+        stop.set()
+        t.join(5)
+    assert port_of(sw, a).counters()["floods"] > 0

@@ -61,3 +61,19 @@ def test_a_bad_uplink_is_refused_in_one_line(dmn, value, msg):
     assert r.returncode == 2, r.stderr
     assert msg in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert "sw" not in dmn.tree()["devices"]
+
+
+def test_venet_tree_shows_the_switch_ports_and_table(dmn):
+    dmn.req("bus-create", name="a")
+    if ME != 0:
+        dmn.req("bus-allow", bus="a", uid=ME)
+    dmn.req("device-create", name="sw", **{"class": "venet-switch"}, set={"mac_table_size": "64"})
+    dmn.req("bus-link", bus="a", device="sw")
+    with frontend.connect(dmn.sock("a")) as b1, frontend.connect(dmn.sock("a")) as b2:
+        x, y = b1.open("sw"), b2.open("sw")
+        assert x.send(eth("ff:ff:ff:ff:ff:ff", x.mac, 1), timeout=2)
+        assert y.recv(timeout=2) is not None
+        r = dmn.cli("tree")
+        assert r.returncode == 0, r.stderr
+        assert "2 port(s), MAC table 1/64 (full 0), floods 1" in r.stdout
+        assert "floods=1" in r.stdout and "rx_frames=1" in r.stdout and "tx_frames=1" in r.stdout
