@@ -41,6 +41,7 @@ MODULES = [
     "venet._abi",
     "venet.devices._pump",
     "venet._frames",
+    "venet.devices._switch",
 ]
 
 

@@ -424,7 +424,8 @@ def test_venet_classes_are_entry_points_and_importable():
     import importlib
     from venet.classes import LoopbackClass, TapClass
     eps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["vbus.device_classes"]
-    assert eps == {"venet-loopback": "venet.classes:LoopbackClass", "venet-tap": "venet.classes:TapClass"}
+    assert eps == {"venet-loopback": "venet.classes:LoopbackClass", "venet-tap": "venet.classes:TapClass",
+                   "venet-switch": "venet.classes:SwitchClass"}
     for name, target in eps.items():
         mod, attr = target.split(":")
         cls = getattr(importlib.import_module(mod), attr)

@@ -93,32 +93,7 @@ class Device:
 
     def register(self, fds):
         self._reap()
-        if len(fds) != 1 + 2 * abi.NRINGS:
-            raise DeviceError(f"register needs 1 memfd and {abi.NRINGS} doorbell pairs, "
-                              f"got {len(fds)} fds")
-        pairs = [(fds[1 + 2 * i], fds[2 + 2 * i]) for i in range(abi.NRINGS)]
-        try:
-            # The backend's roles: every fd is checked for what it must be,
-            # and the doorbells it rings are sockets it sends to without
-            # ever blocking, whatever the frontend does to them.
-            region = ioq.Region.attach(fds[0], pairs, roles=abi.BACKEND_ROLES,
-                                       max_size=MAX_DEVICE_REGION)
-        except ioq.RegionError as e:
-            raise DeviceError(f"memory refused: {e}") from None
-        except OSError as e:
-            raise DeviceError(f"memory refused: {e.strerror or e}") from None
-        try:
-            if region.buf_size < abi.MIN_BUF_SIZE:
-                # Frames longer than a buffer chain slots, but the first
-                # buffer must hold the offload record and an Ethernet header.
-                raise DeviceError(f"buffers of {region.buf_size} bytes are smaller than the "
-                                  f"{abi.MIN_BUF_SIZE} a venet device needs")
-            if region.nrings != abi.NRINGS:
-                raise DeviceError(f"region has {region.nrings} rings; a venet device has {abi.NRINGS}")
-        except BaseException:
-            region.close()
-            raise
-        self.region = region
+        self.region = attach_memory(fds)
 
     def linkup(self):
         if self.region is None:
@@ -272,6 +247,39 @@ class Device:
         if self.tap_fd >= 0:
             os.close(self.tap_fd)
             self.tap_fd = -1
+
+
+def attach_memory(fds):
+    """A frontend's REGISTER: the region and doorbells of `fds` (the memfd,
+    then a (producer, consumer) doorbell pair per ring) attached with the
+    backend's roles and checked for what a venet device needs.  The
+    Region, or DeviceError with the reason."""
+    if len(fds) != 1 + 2 * abi.NRINGS:
+        raise DeviceError(f"register needs 1 memfd and {abi.NRINGS} doorbell pairs, "
+                          f"got {len(fds)} fds")
+    pairs = [(fds[1 + 2 * i], fds[2 + 2 * i]) for i in range(abi.NRINGS)]
+    try:
+        # The backend's roles: every fd is checked for what it must be,
+        # and the doorbells it rings are sockets it sends to without
+        # ever blocking, whatever the frontend does to them.
+        region = ioq.Region.attach(fds[0], pairs, roles=abi.BACKEND_ROLES,
+                                   max_size=MAX_DEVICE_REGION)
+    except ioq.RegionError as e:
+        raise DeviceError(f"memory refused: {e}") from None
+    except OSError as e:
+        raise DeviceError(f"memory refused: {e.strerror or e}") from None
+    try:
+        if region.buf_size < abi.MIN_BUF_SIZE:
+            # Frames longer than a buffer chain slots, but the first
+            # buffer must hold the offload record and an Ethernet header.
+            raise DeviceError(f"buffers of {region.buf_size} bytes are smaller than the "
+                              f"{abi.MIN_BUF_SIZE} a venet device needs")
+        if region.nrings != abi.NRINGS:
+            raise DeviceError(f"region has {region.nrings} rings; a venet device has {abi.NRINGS}")
+    except BaseException:
+        region.close()
+        raise
+    return region
 
 
 def _flatten(s, prefix=""):
@@ -823,13 +831,21 @@ class Bridge:
             dev = self.devices.get(name)
             if dev is None:
                 raise DeviceError(f"no device {name!r} on bus {self.bus}")
-            if dev.owner is conn:
+            if dev.owner is conn or name in conn.devices:
                 raise DeviceError(f"device {name} is already open on this connection")
             if dev.owner is not None:
                 raise DeviceError(f"device {name} is in use by another frontend")
             if len(conn.devices) >= self.max_devices:
                 raise Refused(f"this connection already holds {len(conn.devices)} devices, "
                               f"the most one connection may open")
+            if getattr(dev, "multi_open", False):
+                # A device many connections hold at once (a switch): each
+                # gets a port of its own, with the interface of a
+                # single-owner Device (its memory, caps, link, reset), so
+                # everything below OPEN is the same for both.
+                port = dev.open(conn)
+                conn.devices[name] = port
+                return {"device": name, "mac": port.mac, "mtu": port.mtu, "version": abi.VERSION}
             dev.owner = conn
             conn.devices[name] = dev
             return {"device": name, "mac": dev.mac, "mtu": dev.mtu, "version": abi.VERSION}

@@ -1,5 +1,5 @@
-"""The venet device classes of the vbus: `venet-tap` and `venet-loopback`,
-both presenting the "virtual-ethernet" interface, so the one frontend
+"""The venet device classes of the vbus: `venet-tap`, `venet-loopback` and
+`venet-switch` (venet/devices/switch.py), all presenting the "virtual-ethernet" interface, so the one frontend
 (venet.frontend) drives either with the same code.
 
 Each instance wraps a `venet.bridge.Device` (the pump and its rings); the
@@ -235,3 +235,96 @@ class _TapInstance(_Instance):
                                   f"destroy and create it again")
         else:
             super().set(name, value)
+
+
+def _uplink(text):
+    from venet.devices.switch import parse_uplink
+    got = parse_uplink(text)
+    if got is not None:
+        _ifname(got[0])
+        if got[1] and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", got[1]):
+            raise ValueError(f"{got[1]!r} is not a network namespace name")
+    return text
+
+
+class SwitchClass(DeviceClass):
+    name = "venet-switch"
+    interface = INTERFACE
+    multi_open = True
+    doc = "a learning L2 switch: every frontend that opens it gets a port (no root needed)"
+    attrs = (
+        Attr("mtu", int, 1500, **_MTU, doc="largest payload, the same on every port"),
+        Attr("offloads", str, "all", max_len=64, check=_offloads,
+             doc="what ports may negotiate (UFO never)"),
+        Attr("mac_table_size", int, 4096, min=1, max=1 << 20, doc="MACs learned at most"),
+        Attr("ageing_s", int, 300, min=1, max=1_000_000, live=True,
+             doc="seconds a learned MAC lives unseen"),
+        Attr("uplink", str, "", max_len=96, check=_uplink,
+             doc="tap:NAME[@NETNS]: a tap as one more port (root)"),
+    )
+
+    def create(self, name, attrs):
+        from venet.devices.switch import SwitchDevice
+        dev = SwitchDevice(name, mtu=attrs["mtu"], offloads=abi.parse_offloads(attrs["offloads"]),
+                           mac_table_size=attrs["mac_table_size"], ageing_s=attrs["ageing_s"])
+        try:
+            if attrs["uplink"]:
+                _add_uplink(dev, attrs["uplink"])
+        except BaseException:
+            dev.close()
+            raise
+        return _SwitchInstance(dev, attrs)
+
+
+def _add_uplink(dev, text):
+    from venet.devices import tap as taplib
+    from venet.devices.switch import parse_uplink
+    ifname, netns = parse_uplink(text)
+
+    def make():
+        try:
+            fd, _ = taplib.open_tap(ifname)
+        except taplib.TapError as e:
+            raise VbusDeviceError(f"uplink: {e}") from None
+        try:
+            taplib.configure(ifname, mtu=dev.mtu)
+        except BaseException as e:
+            os.close(fd)
+            if isinstance(e, taplib.TapError):
+                raise VbusDeviceError(f"uplink: {e}") from None
+            raise
+        return fd
+    fd = _in_netns(netns, make)
+    try:
+        dev.set_uplink(fd, ifname, dev.offered[abi.CAP_GROUP_SG])
+    except BaseException:
+        os.close(fd)
+        raise
+
+
+class _SwitchInstance(DeviceInstance):
+    def __init__(self, dev, attrs):
+        self.dev = dev
+        self.attrs = dict(attrs)
+
+    def set(self, name, value):
+        if name == "ageing_s":
+            self.dev.engine.set_ageing(value)
+        elif name in ("mtu", "mac_table_size", "offloads", "uplink"):
+            raise VbusDeviceError(f"attribute '{name}' of a switch is fixed once the device exists; "
+                                  f"destroy and create it again")
+
+    def reset(self):
+        self.dev.reset()
+
+    def counters(self):
+        flat, per = self.dev.counters()
+        out = dict(flat)
+        for pid, s in per.items():
+            for k, v in s.items():
+                if v:
+                    out[f"port{pid}.{k}"] = v
+        return out
+
+    def destroy(self):
+        self.dev.close()

@@ -181,6 +181,16 @@ def _admin_parsers(sub):
         for name, d in t["devices"].items():
             attrs = " ".join(f"{k}={v}" for k, v in d["attributes"].items())
             print(f"device {name} ({d['class']}) on {', '.join(d['buses']) or '-'}: {attrs}")
+            c = d.get("counters", {})
+            if "mac_table_size" in c:       # a switch: its table and each port's counters
+                print(f"  {c.get('ports', 0)} port(s), MAC table {c.get('mac_entries', 0)}/"
+                      f"{c['mac_table_size']} (full {c.get('mac_table_full', 0)}), "
+                      f"floods {c.get('floods', 0)}")
+                ports = sorted({k.split(".", 1)[0] for k in c if k.startswith("port") and "." in k})
+                for port in ports:
+                    vals = " ".join(f"{k.split('.', 1)[1]}={v}" for k, v in sorted(c.items())
+                                    if k.startswith(port + "."))
+                    print(f"  {port}: {vals}")
 
     bus = sub.add_parser("bus", help="create, destroy, list buses; link devices; access rules")
     bsub = bus.add_subparsers(dest="what", metavar="ACTION", parser_class=_Parser)

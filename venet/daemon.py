@@ -42,7 +42,7 @@ def class_table():
     when the package's metadata is not installed (a source checkout)."""
     from venet import classes
     table = vbus.ClassTable.discover()
-    for cls in (classes.LoopbackClass, classes.TapClass):
+    for cls in (classes.LoopbackClass, classes.TapClass, classes.SwitchClass):
         if cls.name not in table:
             table.register(cls)
     return table
@@ -218,19 +218,21 @@ class Daemon(vbus.Observer):
         if br is None:
             return
         dev = br.devices.pop(device.name, None)
-        if dev is None or dev.owner is None or dev.owner not in br.conns.values():
+        if dev is None:
             return
-        conn = dev.owner
-        reason = f"device '{device.name}' was removed from bus '{bus.name}'"
-        log.info("%s: %s while open: link down, connection closed", conn, reason)
-        # reset() stops the pump and posts the link-down event before it
-        # unmaps the frontend's memory; closing the connection then makes
-        # the frontend's next call raise LinkDown.
-        dev.reset()
-        conn.devices.pop(device.name, None)
-        # No farewell ERROR: the frontend takes an unread message for the
-        # reply to a request in progress and would not see the end behind it.
-        br._drop(conn, "device_removed", reason, farewell=False)
+        # Every connection of this bus holding it: the owner of a tap or
+        # loopback, each port's connection of a switch.
+        for conn in [c for c in br.conns.values() if c.devices.get(device.name) is not None]:
+            held = conn.devices.pop(device.name)
+            reason = f"device '{device.name}' was removed from bus '{bus.name}'"
+            log.info("%s: %s while open: link down, connection closed", conn, reason)
+            # reset() stops the pump and posts the link-down event before it
+            # unmaps the frontend's memory; closing the connection then makes
+            # the frontend's next call raise LinkDown.
+            held.reset()
+            # No farewell ERROR: the frontend takes an unread message for the
+            # reply to a request in progress and would not see the end behind it.
+            br._drop(conn, "device_removed", reason, farewell=False)
 
     def connection_closed(self, conn, reason):
         br = self.bridges.get(conn.bus)

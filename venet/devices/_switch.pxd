@@ -1,0 +1,143 @@
+# The venet-switch's data path (venet/devices/_switch.pyx): a learning L2
+# switch over N ports, each port a frontend's rings (or a tap), moved ring
+# to ring in C with the GIL released.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from posix.uio cimport iovec
+from ioq.abi cimport ioq_item_t, ioq_sg_t
+from ioq.ring cimport ioq_ring_t
+from venet.abi cimport VENET_MAX_CHAIN, VENET_META_NREASONS
+from venet.chain cimport VENET_CHAIN_MAX_IOV
+
+cdef extern from "<pthread.h>" nogil:
+    ctypedef struct pthread_mutex_t:
+        pass
+    int pthread_mutex_init(pthread_mutex_t *m, void *attr)
+    int pthread_mutex_destroy(pthread_mutex_t *m)
+    int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_unlock(pthread_mutex_t *m)
+
+cdef enum:
+    SW_MAX_PORTS = 256
+    SW_BATCH = 32               # frames taken from one port per turn
+    SW_SG_SCRATCH = 512
+    SW_MAX_IOV = VENET_CHAIN_MAX_IOV
+    # what a turn returns (the worker pool's task protocol)
+    SW_IDLE = 0                 # no work left; every signal armed and re-checked
+    SW_MORE = 1                 # work is left: call again
+    SW_DONE = 2                 # the switch was stopped
+    SW_KIND_RING = 0
+    SW_KIND_TAP = 1
+
+
+cdef struct sw_port_stats_t:
+    uint64_t rx_frames          # frames this port sent into the switch
+    uint64_t rx_bytes
+    uint64_t tx_frames          # frames the switch delivered to this port
+    uint64_t tx_bytes
+    uint64_t floods             # of its frames, how many were flooded
+    uint64_t unicast            # ... sent to one learned port
+    uint64_t filtered           # ... whose destination is on this same port
+    uint64_t drop_bad_desc      # its descriptors ioq refused
+    uint64_t drop_chain         # malformed or too-long chains
+    uint64_t drop_offload       # a frame flag not negotiated
+    uint64_t drop_short         # shorter than an Ethernet header (and record)
+    uint64_t drop_meta[VENET_META_NREASONS]   # offload record refused, by reason
+    uint64_t drop_rx_full       # frames for it dropped: its RX ring had no room
+    uint64_t drop_rx_too_long   # frames for it longer than it can take
+    uint64_t drop_segment       # super-frames for it that could not be segmented
+    uint64_t drop_tap_write     # tap port: the kernel refused a frame
+    uint64_t drop_rx_meta       # tap port: a frame with offloads it did not negotiate
+    uint64_t segmented          # super-frames segmented for it
+    uint64_t segments           # ... into this many frames
+    uint64_t csum_finished      # partial checksums finished for it
+    uint64_t gso_whole          # super-frames passed to it whole
+    uint64_t txc_events
+    uint64_t txc_lost
+    uint64_t kicks              # batches after which it was kicked (if it asked)
+    uint64_t broken             # turns skipped: it corrupted a ring index
+
+
+cdef struct sw_port_t:
+    int used
+    int kind
+    uint32_t gen
+    ioq_ring_t *tx              # consumer: its frames (ring port)
+    ioq_ring_t *rx              # producer: frames for it
+    ioq_ring_t *evq             # producer of TXC events (NULL: not negotiated)
+    int fd                      # tap port: the tap (non-blocking, IFF_VNET_HDR)
+    bint tap_ready              # tap port: may hold frames until a read says EAGAIN
+    uint32_t caps               # negotiated offload bits (SG group)
+    uint32_t known_flags        # frame flags honoured from it
+    uint64_t max_rx             # longest frame it can take (record included)
+    uint32_t rx_pend            # slots filled for it in this batch, not yet published
+    bint discard                # skipping the tail of a chain refused as too long
+    uint32_t txc_posted
+    sw_port_stats_t st
+
+
+cdef struct mac_ent_t:
+    uint64_t key                # MAC | 1 << 63; 0: empty
+    uint64_t seen_ns
+    uint32_t port
+    uint32_t gen
+
+
+cdef struct sw_stats_t:
+    uint64_t frames             # frames taken from all ports
+    uint64_t floods
+    uint64_t mac_learned
+    uint64_t mac_moved
+    uint64_t mac_aged
+    uint64_t mac_forgotten      # entries of removed ports
+    uint64_t mac_table_full     # new MACs not learned: the table was full
+    uint64_t turns
+    uint64_t wakeups
+    uint64_t ports_added
+    uint64_t ports_removed
+
+
+cdef struct sw_t:
+    pthread_mutex_t lock        # held by a turn and by port changes
+    sw_port_t ports[SW_MAX_PORTS]
+    uint32_t act[SW_MAX_PORTS]  # slots in use, in order
+    uint32_t nact
+    uint32_t next_gen
+    uint32_t max_plain          # MTU + 14
+    mac_ent_t *mac
+    uint32_t mac_mask
+    uint32_t mac_bits
+    uint32_t mac_size           # capacity (mac_table_size)
+    uint32_t mac_count
+    uint64_t ageing_ns
+    uint64_t now
+    uint64_t next_sweep
+    # per-frame scratch of the turn in progress
+    ioq_item_t items[VENET_MAX_CHAIN]
+    ioq_sg_t sg[SW_SG_SCRATCH]
+    iovec iov[SW_MAX_IOV + 1]
+    uint8_t *lin                # a private copy of one frame (segmenting, finishing)
+    int lin_state               # 0: not copied, 1: copied, 2: checksum finished
+    uint8_t *seg                # one segment
+    uint8_t *tapbuf             # one tap read: vnet header + frame
+    int epfd                    # every port's doorbell or tap, and the stop fd
+    int stop_fd
+    sw_stats_t st
+
+
+# The worker pool's task functions over one switch (ctx = the sw_t *):
+# run = sw_task_run (its fd: Switch.task_fd, the switch's own epoll),
+# peek = sw_peek.  sw_run is one turn without looking at the fds.
+cdef int sw_run(sw_t *sw, uint32_t events) noexcept nogil
+cdef int sw_task_run(sw_t *sw, uint32_t events) noexcept nogil
+cdef bint sw_peek(sw_t *sw) noexcept nogil
+
+
+cdef class Switch:
+    cdef sw_t *sw
+    cdef int epfd
+    cdef int stop_fd
+    cdef dict rings             # slot -> the Ring objects it points into
+    cdef object thread
+    cdef readonly bint running
+
+    cdef int _add(self, sw_port_t *p) except -1
