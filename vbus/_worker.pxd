@@ -54,7 +54,6 @@ cdef class Worker:
     cdef object started
 
     cdef int _call(self, int op, Task task, double timeout) except? -1
-    cdef bint _unqueue(self, vbus_cmd_t *c) noexcept nogil
     cdef int _exec(self, int op, vbus_task_t *t) noexcept nogil
     cdef void _commands(self) noexcept nogil
     cdef void _enqueue(self, vbus_task_t *t) noexcept nogil

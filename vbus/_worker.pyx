@@ -230,6 +230,14 @@ cdef class Worker:
         task.worker = self
         try:
             self._call(CMD_ADD, task, timeout)
+        except TimeoutError:
+            # The request stays queued: the worker will add the task, so it
+            # stays referenced, and a remove follows it (a bug's path).
+            try:
+                self._call(CMD_REMOVE, task, 0)
+            except TimeoutError:
+                pass
+            raise
         except BaseException:
             if self.tasks.get(key, (None,))[0] is task:
                 del self.tasks[key]
@@ -240,7 +248,8 @@ cdef class Worker:
         """Stop serving `task`: once this returns the worker has dropped it
         and never touches it again.  A task already dropped after DONE (its
         report pending or made) is not an error.  TimeoutError when the
-        worker does not answer in time (then it may still use the task)."""
+        worker does not answer in time: it may still use the task until it
+        gets to the request, which stays queued."""
         if task.worker is not self:
             return
         self._call(CMD_REMOVE, task, timeout)
@@ -289,11 +298,11 @@ cdef class Worker:
                     res = c.result
                     free(c)
                 else:
+                    # Left queued: the worker still carries it out (a task
+                    # it should drop is dropped once it gets there) and
+                    # frees it.
                     res = -ETIMEDOUT
-                    if not self._unqueue(c):
-                        c.abandoned = True      # taken: the worker frees it
-                    else:
-                        free(c)
+                    c.abandoned = True
                 pthread_mutex_unlock(&self.mu)
             if res == -ETIMEDOUT:
                 raise TimeoutError(f"worker {self.index} did not answer within {timeout:g} s")
@@ -302,23 +311,6 @@ cdef class Worker:
                 raise RuntimeError("the task is already served by a worker")
             raise OSError(-res, f"worker {self.index}: cannot watch the task's fds: {os.strerror(-res)}")
         return 0
-
-    cdef bint _unqueue(self, vbus_cmd_t *c) noexcept nogil:
-        """Take c off the queue if the worker has not taken it (mu held)."""
-        cdef vbus_cmd_t *p = NULL
-        cdef vbus_cmd_t *q = self.cmds
-        while q != NULL and q != c:
-            p = q
-            q = q.next
-        if q == NULL:
-            return False
-        if p == NULL:
-            self.cmds = c.next
-        else:
-            p.next = c.next
-        if self.cmds_tail == c:
-            self.cmds_tail = p
-        return True
 
     def close(self):
         """Stop the thread (bounded), drop every task, close the fds."""

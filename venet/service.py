@@ -38,6 +38,7 @@ def on_stop_signals(fn):
 
 
 def run_bridge(args):
+    from vbus._worker import Pool
     from venet import abi, bridge
     from venet.devices import tap as taplib
     logging.basicConfig(level=logging.INFO, format="venet bridge: %(message)s", stream=sys.stderr)
@@ -45,9 +46,10 @@ def run_bridge(args):
         raise UsageError("venet bridge needs root (CAP_NET_ADMIN) to create taps")
     os.makedirs(os.path.dirname(os.path.abspath(args.socket)), mode=0o755, exist_ok=True)
     # Claim the socket first: a taken path fails before any tap is made.
+    pool = Pool()           # the pump's workers: one per usable CPU
     br = bridge.Bridge(args.socket, [], group=args.group,
                        max_connections=args.max_connections,
-                       max_per_process=args.max_per_process)
+                       max_per_process=args.max_per_process, pool=pool)
     try:
         try:
             br.listen()
@@ -59,7 +61,7 @@ def run_bridge(args):
         except taplib.TapError as e:
             raise UsageError(str(e))
         dev = bridge.Device(args.device or args.tap, args.tap, fd, created, None, None,
-                            poll_us=args.poll_us, offloads=args.offloads, cpu=args.cpu)
+                            poll_us=args.poll_us, offloads=args.offloads, cpu=args.cpu, pool=pool)
         br.devices[dev.name] = dev      # from here br.close() closes the tap
         try:
             taplib.configure(args.tap, mtu=args.mtu, mac=args.mac, master=args.master)
@@ -72,7 +74,10 @@ def run_bridge(args):
         print(f"ready {args.socket}", flush=True)
         br.serve()
     finally:
-        br.close()          # closing the tap fd removes a tap we created
+        try:
+            br.close()      # closing the tap fd removes a tap we created
+        finally:
+            pool.close()    # the workers joined
     return 0
 
 
@@ -220,7 +225,7 @@ def run_daemon(args):
                                             source=args.config)
         except vbus.VbusError as e:
             raise UsageError(str(e))
-    d = daemon.Daemon(args.run_dir, reg)
+    d = daemon.Daemon(args.run_dir, reg, workers=args.workers)
     try:
         try:
             d.start()
