@@ -286,8 +286,11 @@ class Device:
         if pump is not None:
             for k, v in _flatten(pump.stats()).items():
                 out[k] = out.get(k, 0) + v
+        worker = pump.worker if pump is not None else None
         return {"device": self.name, "tap": self.tap_name, "link": self.link,
-                "busy": self.owner is not None, "counters": out}
+                "busy": self.owner is not None, "counters": out,
+                # the CPU of the worker serving the pump (None: none, or not pinned)
+                "worker_cpu": worker.cpu if worker is not None and worker.cpu >= 0 else None}
 
     def close(self):
         self.reset()
