@@ -288,6 +288,31 @@ def test_done_is_reported_and_the_others_go_on():
             outside.close()
 
 
+def test_busy_poll_on_a_shared_worker_then_sleep(sides, pool1):
+    """--poll-us on a pooled pump: right after work the worker polls it
+    (frames caught by the poll are counted), and once traffic stops the
+    window expires, the pump arms and the worker sleeps (its turns stop)."""
+    s = sides(poll_us=20_000)
+    quiet = sides()                         # a pump without polling on the same worker
+    pool1.add(s.pump)
+    pool1.add(quiet.pump)
+    for i in range(50):
+        s.wire.send(PLAIN + frame(60, i))
+        assert _frames.recv_frame(s.rx, timeout=WAIT) == (frame(60, i), 0, None)
+    assert s.pump.stats()["busy_polls"] > 0 and pool1.stats()[0]["busy_polls"] > 0
+    assert quiet.pump.stats()["busy_polls"] == 0
+
+    def still():
+        a = pool1.stats()[0]["turns"]
+        time.sleep(0.1)                     # longer than the largest window
+        return a == pool1.stats()[0]["turns"]
+    wait_until(still, WAIT, "the worker to stop turning")
+    wakeups = pool1.stats()[0]["wakeups"]
+    s.wire.send(PLAIN + frame(60, 99))      # asleep: a frame wakes it
+    assert _frames.recv_frame(s.rx, timeout=WAIT) == (frame(60, 99), 0, None)
+    assert pool1.stats()[0]["wakeups"] > wakeups
+
+
 def test_pump_run_alone_still_serves_and_stops():
     """Pump.run (venet attach): a private worker in the calling thread,
     stopped from another thread; a stop() before run() is kept."""
