@@ -35,6 +35,7 @@ MODULES = [
     "ioq._abi",
     "ioq._region",
     "ioq._ring",
+    "vbus._worker",
     "bench._ringbench",
     "bench._sysbench",
     "bench._swbench",

@@ -83,10 +83,10 @@ def test_frontend_clearing_nonblock_everywhere_cannot_block_the_backend():
         assert dev.pump.stats()["from_tap_frames"] >= 16
         assert out["kicks_busy"] >= 1 and out["kicks_failed"] == 0
         dev.event(abi.EV_LINKSTATE, 1)
-        pump_thread = dev.thread
+        pump = dev.pump
         dev.reset()
-        assert not pump_thread.is_alive()
-        assert dev.region is None and dev.parked == []
+        assert pump.worker is None and not pump.running
+        assert dev.region is None and dev.wedged == []
         dev.close()
         fe.close()
     hostile.run_isolated(scenario, 2 * DEADLINE)

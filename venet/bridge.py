@@ -1,5 +1,6 @@
 """The venet-tap backend: owns tap devices, serves one bus on a control
-socket, and runs one Cython pump thread per device a frontend brought up.
+socket; the pump of each device a frontend brought up is a task of a vbus
+worker pool (vbus/_worker.pyx), not a thread of its own.
 
 Connection states: new -> hello'd -> (per device) open -> registered -> up.
 Malformed or out-of-order messages close the connection with a logged
@@ -11,6 +12,7 @@ limits below Device), with counters in the STATS reply's "control" object.
 When a frontend goes away (close, crash, kill -9), its devices are reset:
 pump stopped, memory unmapped, ready for the next frontend.
 """
+import atexit
 import collections
 import errno
 import heapq
@@ -29,6 +31,7 @@ from venet import abi, control, placement
 from venet.control import ProtocolError, field
 from venet.devices import tap as taplib
 from venet.devices._pump import Pump
+from vbus._worker import Pool
 
 log = logging.getLogger("venet.bridge")
 
@@ -43,14 +46,20 @@ class Device:
     The port fd may also be one end of a datagram socketpair standing in
     for the tap (tests without root): no tun ioctls are made then, and no
     offload is offered.
+
+    While the link is up the device's pump is a task of a vbus worker pool
+    (`pool`, else the process's shared one): linkup adds it to the worker
+    its `cpu` names, linkdown removes it (synchronous: the worker never
+    blocks on a peer, so this is bounded) before the link-down event is
+    posted and the memory may go.
     """
 
-    # How long reset/linkdown wait for the pump thread.  A pump that does
-    # not stop in time is parked: its memory stays mapped while it lives.
-    STOP_TIMEOUT = 5.0
+    # How long linkdown waits for the worker to let the pump go.  A worker
+    # never blocks on a peer: only a bug makes this run out.
+    REMOVE_TIMEOUT = 5.0
 
     def __init__(self, name, tap_name, tap_fd, created, mac, mtu, poll_us=0,
-                 offloads=abi.OFFLOAD_CAPS, cpu=placement.AUTO):
+                 offloads=abi.OFFLOAD_CAPS, cpu=placement.AUTO, pool=None):
         self.name = name
         self.tap_name = tap_name
         self.tap_fd = tap_fd
@@ -59,18 +68,22 @@ class Device:
         self.mtu = mtu
         self.poll_us = poll_us
         self.cpu = cpu              # --cpu: N, "auto" or "any" (venet/placement.py)
-        self.pin = None             # the pump thread's CPU from its start (None: the scheduler's)
+        self.pool = pool            # the vbus worker pool (None: the shared one)
+        self.pin = None             # the CPU asked of the pool at link up (None: any worker)
         self.owner = None
         self.caps = {}
         self.region = None
         self.pump = None
-        self.thread = None
         self.evq = None
         self.link = False
         self.totals = {}            # counters of earlier sessions
-        self.parked = []            # [thread, pump, region] of pumps that did not stop in time
-        self.pumps_parked = 0
-        self._stuck = False         # the last pump was parked: the region must outlive it
+        # Pumps whose worker did not answer a remove in time (a bug: a
+        # worker never blocks on a peer), with the memory and tap they may
+        # still touch: kept for good, and no new pump on this port.
+        self.wedged = []
+        # linkup/linkdown/reset on the control thread; the worker's report
+        # of a pump that ended on its own only takes it without waiting.
+        self._lock = threading.RLock()
         self.is_tap = tap_fd >= 0 and not stat.S_ISSOCK(os.fstat(tap_fd).st_mode)
         # What this device offers per capability group: SG chains always,
         # offloads as far as the kernel's tun supports them.
@@ -86,30 +99,47 @@ class Device:
         """The negotiated offload bits (SG group)."""
         return abi.consistent_caps(self.caps.get(abi.CAP_GROUP_SG, 0)) & abi.OFFLOAD_CAPS
 
+    @property
+    def worker(self):
+        """The vbus Worker serving the pump (None: no pump served)."""
+        return self.pump.worker if self.pump is not None else None
+
     def describe(self):
         return {"name": self.name, "type": abi.DEVICE_TYPE, "mac": self.mac, "mtu": self.mtu,
                 "busy": self.owner is not None, "link": self.link,
                 "offloads": abi.cap_names(self.offered[abi.CAP_GROUP_SG] & abi.OFFLOAD_CAPS)}
 
     def register(self, fds):
-        self._reap()
         self.region = attach_memory(fds)
 
+    def _want_cpu(self):
+        """The CPU whose worker should serve the pump (None: the least
+        loaded worker): N, the device's bridge home under auto
+        (venet/placement.py), None under any."""
+        if self.cpu == placement.ANY:
+            return None
+        if self.cpu == placement.AUTO or self.cpu is None:
+            return placement.device_cpus(self.name)[1]
+        return int(self.cpu)
+
     def linkup(self):
+        with self._lock:
+            self._linkup()
+
+    def _linkup(self):
         if self.region is None:
             raise DeviceError("register memory before link up")
         if self.pump is not None:
-            if self.thread is not None and self.thread.is_alive():
+            if self.pump.worker is not None:
                 return
-            # The pump ended on its own (the frontend broke a ring index):
-            # take the link down properly (its event, its counters) first.
-            self.linkdown()
-        self._reap()
-        if self.parked:
+            # The pump ended on its own (the frontend broke a ring index)
+            # and its report has not taken the link down yet: do it now.
+            self._linkdown()
+        if self.wedged:
             # Two pumps on one port, one of them serving a previous
             # frontend's memory, must never be.
-            raise DeviceError(f"device {self.name}: its previous pump has not stopped; "
-                              f"link up refused until it does")
+            raise DeviceError(f"device {self.name}: its previous pump's worker did not let it go; "
+                              f"link up refused")
         caps = self.offloads
         try:
             tx = self.region.consumer(abi.RING_TX, max_len=abi.META_SIZE + abi.max_frame(self.mtu, caps))
@@ -118,7 +148,6 @@ class Device:
         except (ioq.IoqError, ValueError) as e:
             raise DeviceError(f"rings refused: {e}") from None
         txc = self.caps.get(abi.CAP_GROUP_EVENTQ, 0) & abi.CAP_EVQ_TXC
-        self.pin, bulk = placement.pump_args(self.cpu, self.name, placement.BRIDGE)
         # The kernel may now hand the tap's reader what the frontend accepts.
         # Set before the pump exists: a refusal here leaves nothing to undo.
         if self.is_tap:
@@ -127,8 +156,9 @@ class Device:
             except taplib.TapError as e:
                 raise DeviceError(str(e)) from None
         try:
-            self.pump = Pump(tx, rx, self.tap_fd, poll_us=self.poll_us, mtu=self.mtu, caps=caps,
-                             txc_evq=self.evq if txc else None, bulk_cpu=bulk)
+            # No bulk_cpu: it moves a whole thread, and a worker is shared.
+            pump = Pump(tx, rx, self.tap_fd, poll_us=self.poll_us, mtu=self.mtu, caps=caps,
+                        txc_evq=self.evq if txc else None)
         except (ValueError, OSError) as e:
             if self.is_tap:
                 taplib.set_offloads(self.tap_fd, 0)
@@ -136,26 +166,36 @@ class Device:
                 raise DeviceError(str(e)) from None
             raise DeviceError(f"pump refused: {e.strerror or e}") from None
         # The event queue has one producer at a time: this thread before the
-        # pump starts and after it has stopped, the pump (TXC) in between.
+        # pump is served and after it has been removed, the pump (TXC) in between.
         self.event(abi.EV_LINKSTATE, 1)
-        # The thread gets its pump, not the device: linkdown may drop
-        # self.pump while a parked thread still runs it.
-        self.thread = threading.Thread(target=self._run, args=(self.pump,), name=f"pump-{self.name}",
-                                       daemon=True)
-        self.link = True                # before start: a pump that breaks at once sets it False
+        self.pin = self._want_cpu()
+        self.pump = pump
+        self.link = True                # before add: a pump that breaks at once sets it False
         try:
-            self.thread.start()
-        except RuntimeError as e:       # no thread to be had
+            (self.pool or shared_pool()).add(pump, cpu=self.pin, on_done=self._pump_ended)
+        except (RuntimeError, OSError, TimeoutError) as e:
             self.link = False
-            self.pump = self.thread = None
+            self.pump = None
+            self.event(abi.EV_LINKSTATE, 0)
+            if self.is_tap:
+                taplib.set_offloads(self.tap_fd, 0)
             raise DeviceError(f"pump refused: {e}") from None
 
-    def _run(self, pump):
-        placement.pin_this_thread(self.pin, f"device {self.name}'s pump")
-        result = pump.run()
-        if result == "broken":
-            log.warning("device %s: the frontend corrupted a ring index; link down", self.name)
-            self.link = False
+    def _pump_ended(self, pump):
+        """The worker dropped the pump after its DONE (a ring index broken):
+        on the worker's thread, which must not wait for the control
+        thread; if that one holds the device, its next linkup/linkdown
+        finishes the job."""
+        if pump is not self.pump:
+            return
+        log.warning("device %s: the frontend corrupted a ring index; link down", self.name)
+        self.link = False
+        if self._lock.acquire(blocking=False):
+            try:
+                if pump is self.pump:
+                    self._linkdown()
+            finally:
+                self._lock.release()
 
     def event(self, etype, a=0, b=0):
         if self.evq is not None and (self.caps.get(abi.CAP_GROUP_EVENTQ, 0) & abi.CAP_EVQ_LINKSTATE
@@ -166,23 +206,26 @@ class Device:
                 pass
 
     def linkdown(self):
-        if self.pump is not None:
-            self.pump.stop()
-            self.thread.join(timeout=self.STOP_TIMEOUT)
-            if self.thread.is_alive():
-                # Never two producers on the event queue: no event then.  And
-                # never unmap memory a live thread may touch: the region is
-                # parked with the thread until it ends (reset, _reap).
-                log.error("device %s: the pump did not stop within %.1f s; link-down event not "
-                          "sent, its memory stays mapped until it does", self.name, self.STOP_TIMEOUT)
-                self.parked.append([self.thread, self.pump, None])
-                self.pumps_parked += 1
-                self._stuck = True
-            else:
-                self.event(abi.EV_LINKSTATE, 0)
-                self._fold_stats(self.pump.stats())
+        with self._lock:
+            self._linkdown()
+
+    def _linkdown(self):
+        pump = self.pump
+        if pump is not None:
             self.pump = None
-            self.thread = None
+            try:
+                if pump.worker is not None:
+                    pump.worker.remove(pump, self.REMOVE_TIMEOUT)
+            except TimeoutError as e:
+                # Never two producers on the event queue: no event then.
+                # And never unmap memory or close a tap a worker may touch.
+                log.error("device %s: %s; link-down event not sent, its memory and tap stay "
+                          "until the process ends", self.name, e)
+                self.wedged.append(pump)
+                self.link = False
+                return
+            self.event(abi.EV_LINKSTATE, 0)
+            self._fold_stats(pump.stats())
             if self.is_tap:
                 try:
                     taplib.set_offloads(self.tap_fd, 0)
@@ -191,38 +234,21 @@ class Device:
         self.link = False
 
     def reset(self):
-        """Back to unowned: stop the pump, unmap the frontend's memory
-        (unless a pump that did not stop may still touch it: parked)."""
-        try:
-            self.linkdown()
-            if self.region is not None:
-                if self._stuck and self.parked and self.parked[-1][2] is None:
-                    self.parked[-1][2] = self.region
-                else:
-                    self.region.close()
-        finally:
-            self.evq = None
-            self.region = None
-            self._stuck = False
-            self.owner = None
-            self.caps = {}
-        self._reap()
-
-    def _reap(self):
-        """Release what parked pumps held once their threads have ended."""
-        keep = []
-        for entry in self.parked:
-            thread, pump, region = entry
-            if thread.is_alive():
-                keep.append(entry)
-                continue
-            self._fold_stats(pump.stats())
-            if region is not None:      # else it is still this session's: reset closes it
-                region.close()
-            log.warning("device %s: a parked pump has ended; its memory is released", self.name)
-        self.parked = keep
-        if not any(e[2] is None for e in keep):
-            self._stuck = False
+        """Back to unowned: the pump removed, the frontend's memory unmapped
+        (unless a wedged pump may still touch it)."""
+        with self._lock:
+            try:
+                self._linkdown()
+                if self.region is not None:
+                    if self.wedged:
+                        self.wedged.append(self.region)
+                    else:
+                        self.region.close()
+            finally:
+                self.evq = None
+                self.region = None
+                self.owner = None
+                self.caps = {}
 
     def _fold_stats(self, s):
         for k, v in _flatten(s).items():
@@ -230,19 +256,23 @@ class Device:
 
     def stats(self):
         out = dict(self.totals)
-        out["pumps_parked"] = self.pumps_parked
-        if self.pump is not None:
-            for k, v in _flatten(self.pump.stats()).items():
+        out["pumps_wedged"] = sum(1 for w in self.wedged if isinstance(w, Pump))
+        pump = self.pump
+        if pump is not None:
+            for k, v in _flatten(pump.stats()).items():
                 out[k] = out.get(k, 0) + v
+        worker = pump.worker if pump is not None else None
         return {"device": self.name, "tap": self.tap_name, "link": self.link,
-                "busy": self.owner is not None, "counters": out}
+                "busy": self.owner is not None, "counters": out,
+                # the CPU of the worker serving the pump (None: none, or not pinned)
+                "worker_cpu": worker.cpu if worker is not None and worker.cpu >= 0 else None}
 
     def close(self):
         self.reset()
-        if self.parked:
-            # A live pump still uses the tap fd's number: closing it could
+        if self.wedged:
+            # A wedged pump still uses the tap fd's number: closing it could
             # hand that number to another file under the pump.
-            log.error("device %s: a pump has not stopped; its tap stays open", self.name)
+            log.error("device %s: a pump was not let go; its tap stays open", self.name)
             return
         if self.tap_fd >= 0:
             os.close(self.tap_fd)
@@ -280,6 +310,39 @@ def attach_memory(fds):
         region.close()
         raise
     return region
+
+
+_shared = None
+_shared_lock = threading.Lock()
+
+
+def shared_pool():
+    """The process's own worker pool, made at first use, for devices and
+    bridges given none (one worker per usable CPU; joined at exit)."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            _shared = Pool()
+            atexit.register(_close_shared)
+        return _shared
+
+
+def _close_shared():
+    global _shared
+    pool, _shared = _shared, None
+    if pool is not None:
+        pool.close()
+
+
+def _forget_shared():
+    # A forked child has none of the parent's worker threads: it makes its
+    # own pool when it needs one.
+    global _shared, _shared_lock
+    _shared = None
+    _shared_lock = threading.Lock()
+
+
+os.register_at_fork(after_in_child=_forget_shared)
 
 
 def _flatten(s, prefix=""):
@@ -410,8 +473,14 @@ class Bridge:
                  max_connections=MAX_CONNECTIONS, max_per_process=MAX_PER_PROCESS,
                  max_devices=MAX_DEVICES,
                  handshake_timeout=HANDSHAKE_TIMEOUT, output_timeout=OUTPUT_TIMEOUT,
-                 admit=None, on_drop=None):
+                 admit=None, on_drop=None, pool=None):
         self.path = socket_path
+        # The workers that serve the devices' pumps (None: the process's
+        # shared pool); a device given none uses this bridge's.
+        self.pool = pool
+        for d in devices:
+            if d.pool is None:
+                d.pool = pool
         # The daemon's hooks: admit(sock) returns the connection's context or
         # raises Refused (access checked at accept); on_drop(conn) hears of
         # every connection closed.

@@ -163,6 +163,8 @@ def _admin_parsers(sub):
     dn.add_argument("--run-dir", default=DEFAULT_RUN_DIR, metavar="DIR",
                     help=f"admin.sock and bus/NAME.sock here (default {DEFAULT_RUN_DIR})")
     dn.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    dn.add_argument("--workers", type=_workers, default=None, metavar="N",
+                    help="worker threads serving every device's pump (1..256; default: one per usable CPU)")
     dn.set_defaults(func=_cmd_daemon)
 
     def admin(parser, request, show):
@@ -333,6 +335,7 @@ _poll = _int_option("--poll-us", 0, 1_000_000)
 _repeats = _int_option("--repeats", 1, 20)
 _max_conns = _int_option("--max-connections", 1, 65536)
 _max_per_proc = _int_option("--max-per-process", 1, 65536)
+_workers = _int_option("--workers", 1, 256)
 
 
 def _cpu(text):

@@ -4,7 +4,9 @@ One thread serves everything: the admin socket (RUN_DIR/admin.sock, root
 only) and one control socket per bus (RUN_DIR/bus/NAME.sock), each bus a
 venet.bridge.Bridge whose selector is polled from the daemon's own, so no
 client can block another and no lock is needed between admin changes and
-bus traffic.  Pumps stay one thread per open device.
+bus traffic.  The pumps of every open device, on every bus, are tasks of
+one vbus worker pool (`--workers N`, default one per usable CPU): the
+daemon's thread count does not grow with its devices.
 
 The registry (vbus.Registry) is the truth; this module is its observer:
 a bus created gets its Bridge, a device linked appears in its bus's
@@ -26,6 +28,7 @@ import stat
 import time
 
 import vbus
+from vbus._worker import Pool
 from venet import bridge
 
 log = logging.getLogger("venet.daemon")
@@ -68,12 +71,15 @@ def _claim(path):
 
 
 class Daemon(vbus.Observer):
-    def __init__(self, run_dir, registry=None, *, bus_sockets=None):
+    def __init__(self, run_dir, registry=None, *, bus_sockets=None, workers=None):
         """`bus_sockets`: {bus name: options} for buses served on a socket of
         their own instead of RUN_DIR/bus/NAME.sock (`venet bridge`): "path",
         and the Bridge's "group", "max_connections", "max_per_process".
         Such a socket keeps the Bridge's file mode (0600, or 0660 for its
-        group), so the kernel refuses other users before access rules do."""
+        group), so the kernel refuses other users before access rules do.
+        `workers`: the pool's size (None: one per usable CPU)."""
+        self.workers = workers
+        self.pool = None
         self.run_dir = os.path.abspath(run_dir)
         self.bus_dir = os.path.join(self.run_dir, "bus")
         self.admin_path = os.path.join(self.run_dir, "admin.sock")
@@ -90,6 +96,8 @@ class Daemon(vbus.Observer):
     # ---- life ------------------------------------------------------------
 
     def start(self):
+        if self.pool is None:
+            self.pool = Pool(self.workers)
         os.makedirs(self.run_dir, mode=0o755, exist_ok=True)
         os.makedirs(self.bus_dir, mode=0o755, exist_ok=True)
         os.chmod(self.bus_dir, 0o755)       # frontends of any user reach their bus socket
@@ -169,6 +177,9 @@ class Daemon(vbus.Observer):
             self.sel.close()
             os.close(self._stop_r)
             os.close(self._stop_w)
+            if self.pool is not None:
+                self.pool.close()       # after the devices: their pumps removed first
+                self.pool = None
 
     # ---- the registry's observer ------------------------------------------
 
@@ -181,7 +192,7 @@ class Daemon(vbus.Observer):
         path = self.socket_path(bus.name)
         kw = {k: own[k] for k in ("group", "max_connections", "max_per_process") if k in own} if own else {}
         br = bridge.Bridge(path, [], bus=bus.name, admit=lambda sock, b=bus.name: self._admit(b, sock),
-                           on_drop=self._dropped, **kw)
+                           on_drop=self._dropped, pool=self.pool, **kw)
         try:
             if not own:
                 _claim(path)
@@ -211,6 +222,7 @@ class Daemon(vbus.Observer):
     def device_linked(self, bus, device):
         br = self.bridges.get(bus.name)
         if br is not None:
+            device.instance.dev.pool = self.pool
             br.devices[device.name] = device.instance.dev
 
     def device_unlinked(self, bus, device):

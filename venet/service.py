@@ -306,7 +306,7 @@ def run_daemon(args):
                                             source=args.config)
         except vbus.VbusError as e:
             raise UsageError(str(e))
-    d = daemon.Daemon(args.run_dir, reg)
+    d = daemon.Daemon(args.run_dir, reg, workers=args.workers)
     try:
         try:
             d.start()

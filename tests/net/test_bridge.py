@@ -388,16 +388,21 @@ def test_tx_completion_events(bridged):
 
 
 @needs_two_cpus            # on one CPU, pinned and unpinned threads look alike
-def test_cpu_pins_only_the_pump_thread(bridged):
+def test_cpu_places_the_pump_on_that_cpus_worker(bridged):
+    """--cpu N: the pump is a task of the worker pinned to CPU N; that
+    worker is the only thread pinned there (not the main thread), and
+    link up starts no thread."""
     cpu = str(max(os.sched_getaffinity(0)))
     ns, sock, bridge = bridged("--cpu", cpu)
 
     def pinned():
         return sorted(tid for tid, cpus in thread_cpus(bridge.pid).items() if cpus == cpu)
-    assert pinned() == []                   # no pump thread before link up
+    before = thread_cpus(bridge.pid)
+    assert len(pinned()) == 1, before       # the worker of CPU N, there from the start
+    assert pinned() != [str(bridge.pid)], before        # not the main thread
     with fe.connect(sock) as bus:
-        bus.open("vt0")                     # link up: the pump thread starts
-        wait_until(pinned, 3, f"a thread of the bridge pinned to CPU {cpu}")
+        bus.open("vt0")                     # link up: the pump joins the worker
+        d = bus.stats()["devices"][0]
+        assert d["link"] and d["worker_cpu"] == int(cpu), d
         threads = thread_cpus(bridge.pid)
-        assert len(pinned()) == 1, threads
-        assert pinned() != [str(bridge.pid)], threads       # not the main thread
+        assert set(threads) == set(before), threads

@@ -377,9 +377,10 @@ def test_scapy_socket_delivers_plain_checksummed_frames(kernel_side):
 
 
 def test_auto_placement_homes_and_bulk(netns, procs, sockdir):
-    """--cpu auto (the default): each pump starts on its home CPU, the
-    bridge's on the device's bulk CPU and the attach's on the next one;
-    during a bulk TCP transfer the attach's pump joins the bridge's, and a
+    """--cpu auto (the default): the bridge's pump is served by the worker
+    of the device's bulk CPU (workers are pinned, one per CPU, and never
+    move), the attach's pump starts on the next CPU; during a bulk TCP
+    transfer the attach's pump joins the bridge's worker's CPU, and a
     small-frame conversation afterwards sends it home."""
     from venet import placement
     if len(os.sched_getaffinity(0)) < 2:
@@ -390,8 +391,9 @@ def test_auto_placement_homes_and_bulk(netns, procs, sockdir):
     assert bulk == bridge_home != attach_home
 
     def pinned(p):
-        """CPU lists of the threads of p pinned to one CPU: its pump's."""
-        return [cpus for cpus in thread_cpus(p.pid).values() if cpus.isdigit()]
+        """CPU lists of the threads of p pinned to one CPU: the attach's
+        pump, or the bridge's workers (one per CPU)."""
+        return sorted(cpus for cpus in thread_cpus(p.pid).values() if cpus.isdigit())
 
     def settle(want_bridge, want_attach, within=3.0):
         deadline = time.monotonic() + within
@@ -399,7 +401,9 @@ def test_auto_placement_homes_and_bulk(netns, procs, sockdir):
             time.sleep(0.02)
         return pinned(bridge), pinned(attach)
 
-    assert settle([bridge_home], [attach_home]) == ([bridge_home], [attach_home])
+    workers = sorted(map(str, os.sched_getaffinity(0)))      # the bridge's, pinned for good
+    assert settle(workers, [attach_home]) == (workers, [attach_home])
+    assert bus_worker_cpu(sock) == int(bridge_home)
     seen = {"attach on the bulk CPU": False, "bridge away from it": False}
     stop = threading.Event()
 
@@ -407,7 +411,7 @@ def test_auto_placement_homes_and_bulk(netns, procs, sockdir):
         while not stop.is_set():
             if pinned(attach) == [bulk]:
                 seen["attach on the bulk CPU"] = True
-            if pinned(bridge) != [bulk]:
+            if pinned(bridge) != workers:
                 seen["bridge away from it"] = True
             time.sleep(0.01)
     w = threading.Thread(target=watch)
@@ -418,11 +422,17 @@ def test_auto_placement_homes_and_bulk(netns, procs, sockdir):
         stop.set()
         w.join()
     assert seen == {"attach on the bulk CPU": True, "bridge away from it": False}
-    assert counters(sock)["bulk_pins"] >= 1
+    assert bus_worker_cpu(sock) == int(bridge_home)      # a pooled pump is never moved
+    assert counters(sock)["bulk_pins"] == 0
     # Small frames for longer than the 200 ms hold: the attach's pump goes home.
     rtts, out = ping(a, B_IP, 10, interval=0.05)
     assert len(rtts) == 10, out
-    assert settle([bridge_home], [attach_home]) == ([bridge_home], [attach_home])
+    assert settle(workers, [attach_home]) == (workers, [attach_home])
+
+
+def bus_worker_cpu(sock):
+    with fe.connect(sock) as bus:
+        return bus.stats()["devices"][0]["worker_cpu"]
 
 
 def test_frames_queued_under_an_earlier_frontends_offloads_never_reach_a_plain_one(kernel_side):

@@ -5,7 +5,7 @@ from ioq._ring cimport Ring
 from venet.abi cimport VENET_MAX_CHAIN, VENET_META_SIZE, VENET_META_NREASONS
 from venet.chain cimport VENET_CHAIN_MAX_IOV
 from venet.devices.port cimport venet_port_t
-from shmsignal.includes.osdefs cimport epoll_event
+from vbus._worker cimport Task
 
 cdef extern from "<sched.h>" nogil:
     ctypedef struct cpu_set_t:
@@ -42,14 +42,13 @@ cdef struct pump_stats_t:
     uint64_t busy_polls
 
 
-# What the loop of run() knows between turns.
+# What the pump knows between turns.
 cdef struct pump_wake_t:
-    bint stop                   # stop() was called
     bint out_full               # the out ring had no room for a frame of the largest size
     bint port_ready             # the port may hold frames (until a read says EAGAIN)
 
 
-cdef class Pump:
+cdef class Pump(Task):
     # ring side
     cdef Ring inr
     cdef Ring outr
@@ -63,18 +62,21 @@ cdef class Pump:
     cdef ioq_sg_t sg[SG_SCRATCH]
     # port side
     cdef venet_port_t port
-    cdef bint port_armed            # the port's fd is in the epoll set's interest
+    cdef int port_i                 # the port's index in the task's fds (-1: none)
     cdef uint32_t read_slots        # slots one port read may fill
     cdef uint32_t max_plain         # longest frame without GSO: MTU + 14
     cdef uint8_t vhdr[VENET_META_SIZE]  # the vnet header of the frame being written
     cdef iovec iov[MAX_IOV]
-    # the loop
-    cdef int epfd
-    cdef int stop_fd
+    # the turn (a vbus task: vbus/worker.pxd)
+    cdef pump_wake_t w
+    cdef bint recent                # the last turns did work: busy-poll before arming
+    cdef bint armed                 # the signals are armed (disarmed on the next turn)
     cdef uint32_t budget
     cdef int64_t poll_ns
     cdef pump_stats_t st
-    cdef readonly bint running
+    cdef bint alone                 # run() serves it on a private worker (bulk_cpu applies)
+    cdef bint stop_asked
+    cdef object private             # run()'s Worker
     cdef readonly uint32_t caps     # negotiated offload bits (SG group)
     cdef int bulk_cpu               # run here while moving bulk traffic (-1: never)
     cdef bint bulk_pinned
@@ -83,8 +85,8 @@ cdef class Pump:
     cdef uint64_t bulk_gso0         # GSO frames moved before it
     cdef uint64_t bulk_last         # the last tick that was bulk
 
-    cdef _add(self, int fd, uint64_t tag, uint32_t extra=*)
-    cdef void _arm_port(self, bint on) noexcept nogil
+    cdef int _add(self, int fd, uint32_t bit, bint edge)
+    cdef int _turn(self, uint32_t events) noexcept nogil
     cdef uint32_t _ring_to_port(self) noexcept nogil
     cdef void _txc(self, uint32_t status) noexcept nogil
     cdef void _post_txc(self, uint64_t cookie, uint32_t status) noexcept nogil
@@ -94,6 +96,3 @@ cdef class Pump:
     cdef int _read_frame(self, uint32_t at) noexcept nogil
     cdef bint _offload_record(self, char *buf, uint32_t length, uint32_t *mflags) noexcept nogil
     cdef void _bulk_check(self) noexcept nogil
-    cdef bint _busy_poll(self, int64_t *window, pump_wake_t *w) noexcept nogil
-    cdef int _sleep(self, uint64_t deadline, pump_wake_t *w) noexcept nogil
-    cdef void _drain_events(self, epoll_event *evs, int n, pump_wake_t *w) noexcept nogil

@@ -13,9 +13,14 @@ write one frame behind its vnet header; the tap's is
 venet/devices/tap_port.pxd).  Frames read from the port go straight into
 the out ring's paired buffers in shared memory; frames popped from the in
 ring are written to the port from shared memory, gathered.  Work is
-batched under a budget; the loop sleeps in epoll only after arming both
-signals and re-checking (no lost wake-ups), optionally after a bounded
-busy-poll.
+batched under a budget.
+
+The pump is a vbus task (vbus/worker.pxd): one call of its run callback is
+one turn (in ring -> port, port -> in ring, then either MORE, or arm both
+signals and re-check: IDLE, no lost wake-ups; or POLL, to be busy-polled
+first).  The bridge's pumps share the workers of a vbus Pool; run() serves
+one pump alone on a private worker in the calling thread (venet attach),
+with the same turn.
 
 Every frame crosses the port behind a 16-byte vnet header (for a tap:
 IFF_VNET_HDR, TUNSETVNETHDRSZ 16).  A read lands it in the first 16 bytes
@@ -34,10 +39,8 @@ peer's eventfd is never read, and a socket doorbell (its own end of a
 socketpair, on the frontend side) is drained with recv(MSG_DONTWAIT)
 (ioq_kicked).
 """
-import os
 from libc.stdint cimport uint8_t, uint32_t, uint64_t, int64_t
 from libc.errno cimport errno, EAGAIN, EINTR
-from posix.unistd cimport read
 from posix.uio cimport iovec
 from libc.string cimport memcpy, memset
 from shmsignal.includes.atomics cimport shm_now_ns
@@ -50,6 +53,8 @@ from venet.meta cimport *
 from venet.chain cimport *
 from venet.devices.port cimport venet_port_t
 from venet.devices.tap_port cimport tap_port_init
+from vbus.worker cimport *
+from vbus._worker cimport Task, Worker
 
 cdef extern from "<sched.h>" nogil:
     int sched_setaffinity(int pid, size_t cpusetsize, const cpu_set_t *mask)
@@ -65,23 +70,27 @@ cdef enum:
     BULK_TICK_NS = 10_000_000
     BULK_MIN_GSO = 20
     BULK_HOLD_NS = 200_000_000
+    # The pump's fds, as event bits of its turn.
     EV_IN = 1
     EV_OUT = 2
-    EV_PORT = 3
-    EV_STOP = 4
+    EV_PORT = 4
     # Frame flags the pump honours (TXC only when negotiated); any other
     # bit of 16..31 costs the frame, counted in drop_offload.
     KNOWN_FLAGS = VENET_F_NEEDS_CSUM | VENET_F_GSO | VENET_F_ECN | VENET_F_MORE
-    MIN_POLL_NS = 20_000        # the shortest adaptive poll window
 
 
-cdef class Pump:
+cdef int _pump_run(vbus_task_t *t, uint32_t events) noexcept nogil:
+    return (<Pump>t.ctx)._turn(events)
+
+
+cdef bint _pump_peek(vbus_task_t *t) noexcept nogil:
+    return ioq_peek_at(&(<Pump>t.ctx).inr.r, (<Pump>t.ctx).hold)
+
+
+cdef class Pump(Task):
 
     def __cinit__(self, *args, **kwargs):
-        # First, before any argument is even parsed: __dealloc__ runs after
-        # a failed construction too, and closes only fds >= 0.
-        self.epfd = -1
-        self.stop_fd = -1
+        self.port_i = -1
 
     def __init__(self, Ring inr not None, Ring outr not None, int tap_fd, *, poll_us=0,
                  int budget=64, int mtu=1500, unsigned int caps=0, Ring txc_evq=None,
@@ -96,7 +105,7 @@ cdef class Pump:
         after the bulk stops it gets its CPUs back.  Give a device's two
         pumps (bridge and attach) the same CPU: their kicks to each other
         then wake a thread on the same CPU, not across CPUs (-1: never)."""
-        if self.epfd >= 0 or self.stop_fd >= 0:
+        if self.task.run != NULL:
             raise RuntimeError("a Pump is initialised once")
         if inr.role != 1 or outr.role != 0:
             raise ValueError("the pump consumes `inr` and produces on `outr`")
@@ -134,47 +143,44 @@ cdef class Pump:
             self.evq = txc_evq
             self.known_flags |= VENET_F_TXC
         self.poll_ns = <int64_t>(poll_us * 1000)
-        self.stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.epfd = epoll_create1(EPOLL_CLOEXEC)
-        if self.epfd < 0:
-            raise OSError(errno, "epoll_create1")
+        self.w.port_ready = True
         # The doorbells are edge-triggered: every kick by the peer is an
         # edge, so the pump never reads an eventfd to re-arm (one syscall
         # less per wake-up, and a peer's eventfd, whose flags the peer
         # controls, is never read at all); ioq_kicked drains a socket doorbell.
         # The peer kicks again only after we clear `pending`, which
         # ioq_kicked does for each edge.
-        self._add(ioq_wait_fd(&inr.r), EV_IN, EPOLLET)
-        self._add(ioq_wait_fd(&outr.r), EV_OUT, EPOLLET)
-        self._add(self.stop_fd, EV_STOP)
-        self._add(self.port.fd, EV_PORT)
-        self.port_armed = True
+        self._add(ioq_wait_fd(&inr.r), EV_IN, True)
+        self._add(ioq_wait_fd(&outr.r), EV_OUT, True)
+        # The port is level-triggered: its frames wait in the kernel while
+        # the out ring is full, and it is taken out of the interest set then.
+        self.port_i = self._add(self.port.fd, EV_PORT, False)
+        self.task.poll_ns = self.poll_ns
+        self.task.peek = _pump_peek
+        self.task.run = _pump_run           # last: marks the pump initialised
 
-    cdef _add(self, int fd, uint64_t tag, uint32_t extra=0):
-        cdef epoll_event ev
-        ev.events = EPOLLIN | extra
-        ev.data.u64 = tag
-        if fd >= 0 and epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
-            raise OSError(errno, f"epoll_ctl add fd {fd}")
+    cdef int _add(self, int fd, uint32_t bit, bint edge):
+        if fd < 0:
+            return -1
+        return vbus_task_fd(&self.task, fd, bit, edge)
 
-    cdef void _arm_port(self, bint on) noexcept nogil:
-        cdef epoll_event ev
-        if on == self.port_armed:
-            return
-        ev.events = EPOLLIN if on else 0
-        ev.data.u64 = EV_PORT
-        epoll_ctl(self.epfd, EPOLL_CTL_MOD, self.port.fd, &ev)
-        self.port_armed = on
+    @property
+    def running(self):
+        """run() is serving the pump, or a pool's worker is."""
+        return self.alone or self.task.epfd >= 0
 
-    def __dealloc__(self):
-        if self.epfd >= 0:
-            os.close(self.epfd)
-        if self.stop_fd >= 0:
-            os.close(self.stop_fd)
+    @property
+    def broken(self):
+        """The peer corrupted a ring index: the pump ended for good."""
+        return bool(self.inr.r.broken or self.outr.r.broken)
 
     def stop(self):
-        """Ask run() to return (safe from any thread)."""
-        os.eventfd_write(self.stop_fd, 1)
+        """Ask run() to return (safe from any thread).  A pump served by a
+        pool is stopped by the pool's remove()."""
+        self.stop_asked = True
+        w = self.private
+        if w is not None:
+            w.stop()
 
     # ---- ring side ---------------------------------------------------------
 
@@ -441,130 +447,106 @@ cdef class Pump:
         self.bulk_t0 = now
         self.bulk_gso0 = gso
 
-    def run(self, double timeout=-1):
-        """Pump until stop() (or `timeout` seconds, for tests).  Returns
-        'stopped', 'timeout' or 'broken' (the peer corrupted a ring index)."""
+    cdef int _turn(self, uint32_t events) noexcept nogil:
+        """One turn (the task's run callback): ring -> port, port -> ring,
+        then MORE (work done: again after the worker's other tasks), POLL
+        (none now, but some lately and a poll window asked for: not armed,
+        the worker busy-polls first), IDLE (both signals armed and
+        re-checked: sleep on the fds) or DONE (a ring index is broken)."""
         cdef uint32_t did
-        cdef uint64_t deadline = 0
-        cdef bint recent = False
+        cdef pump_wake_t *w = &self.w
+        # The doorbells are edge-triggered: each edge is one kick, taken
+        # here (a socket doorbell is drained, `pending` cleared).
+        if events & EV_IN:
+            ioq_kicked(&self.inr.r)
+        if events & EV_OUT:
+            ioq_kicked(&self.outr.r)
+            w.out_full = False
+        if events & EV_PORT:
+            w.port_ready = True
+        if events & VBUS_EV_POLLED:
+            self.st.busy_polls += 1
+        elif events & VBUS_EV_FDS:
+            self.st.wakeups += 1
+        if self.armed:
+            ioq_disarm(&self.inr.r)
+            ioq_disarm(&self.outr.r)
+            self.armed = False
+        # Consume the 'work pending' marks before looking for work, so that
+        # work published after this point marks us again.
+        ioq_take(&self.inr.r)
+        if ioq_take(&self.outr.r):
+            w.out_full = False
+        did = self._ring_to_port()
         # The port is read only while it may hold frames: until a read says
         # EAGAIN, then again once epoll reports it readable (reading it on
         # every turn would cost two EAGAIN reads per wake-up).
-        cdef pump_wake_t w
-        cdef int64_t window = self.poll_ns
-        w.stop = False
-        w.out_full = False
-        w.port_ready = True
-        if timeout >= 0:
-            deadline = shm_now_ns() + <uint64_t>(timeout * 1e9)
-        self.running = True
-        with nogil:
-            while not w.stop:
-                # Consume the 'work pending' marks before looking for work,
-                # so that work published after this point marks us again.
-                ioq_take(&self.inr.r)
-                if ioq_take(&self.outr.r):
-                    w.out_full = False
-                did = self._ring_to_port()
-                if w.port_ready:
-                    did += self._port_to_ring(&w)
-                # While the out ring is full, the port's readiness must not
-                # wake us: frames wait in the port until space returns.
-                self._arm_port(not w.out_full)
-                if self.inr.r.broken or self.outr.r.broken:
-                    break
-                if self.bulk_cpu >= 0:
-                    self._bulk_check()
-                if did:
-                    recent = True
-                    continue
-                if self.poll_ns > 0 and recent:
-                    # Only right after work: a wake-up that found nothing
-                    # (the 1 s epoll timeout, a spurious kick) must not buy
-                    # a poll window, or an idle pump would spin.
-                    recent = False
-                    if self._busy_poll(&window, &w):
-                        continue
-                if self._sleep(deadline, &w) < 0:
-                    break
-        self.running = False
-        if self.bulk_pinned:
-            sched_setaffinity(0, sizeof(cpu_set_t), &self.saved_mask)
-            self.bulk_pinned = False
+        if w.port_ready:
+            did += self._port_to_ring(w)
+        # While the out ring is full, the port's readiness must not wake
+        # us: frames wait in the port until space returns.
+        if self.port_i >= 0:
+            vbus_task_arm_fd(&self.task, self.port_i, not w.out_full)
         if self.inr.r.broken or self.outr.r.broken:
-            return "broken"
-        return "stopped" if w.stop else "timeout"
-
-    cdef bint _busy_poll(self, int64_t *window, pump_wake_t *w) noexcept nogil:
-        """Poll the in ring's next slot and the fds (port, kicks, stop,
-        through a non-blocking epoll) for at most *window ns.  True when
-        work turned up.  Adaptive: a window that caught work doubles (up to
-        poll_us), one that expired empty halves, so sporadic frames
-        (neighbour discovery on an idle link) stop buying full windows."""
-        cdef epoll_event evs[8]
-        cdef int n = 0
-        cdef int64_t floor_ns = MIN_POLL_NS if MIN_POLL_NS < self.poll_ns else self.poll_ns
-        cdef uint64_t pdead = shm_now_ns() + <uint64_t>window[0]
-        while shm_now_ns() < pdead:
-            if ioq_peek_at(&self.inr.r, self.hold):
-                break
-            n = epoll_wait(self.epfd, evs, 8, 0)
-            if n > 0:
-                break
-            # Yield, not PAUSE: on few CPUs the task we wait for (the other
-            # pump, the app) is often queued behind us on this CPU, and
-            # spinning would hold it off for the whole window.
-            sched_yield()
-        if n > 0:
-            self._drain_events(evs, n, w)
-        if n > 0 or ioq_peek_at(&self.inr.r, self.hold):
-            self.st.busy_polls += 1
-            window[0] = window[0] * 2 if window[0] * 2 < self.poll_ns else self.poll_ns
-            return True
-        window[0] = window[0] // 2 if window[0] // 2 > floor_ns else floor_ns
-        return False
-
-    cdef int _sleep(self, uint64_t deadline, pump_wake_t *w) noexcept nogil:
-        """Arm both rings' signals, re-check, and sleep in epoll (at most 1 s,
-        or until `deadline`).  -1 when the deadline has passed, else 0."""
-        cdef epoll_event evs[8]
-        cdef int n, ms = 1000
+            return VBUS_TASK_DONE
+        if self.alone and self.bulk_cpu >= 0:
+            self._bulk_check()
+        if did:
+            self.recent = True
+            return VBUS_TASK_MORE
+        if self.poll_ns > 0 and self.recent and not events & VBUS_EV_ARM:
+            # Only right after work: a wake-up that found nothing (a
+            # spurious kick) must not buy a poll window, or an idle pump
+            # would spin.
+            self.recent = False
+            return VBUS_TASK_POLL
+        self.recent = False
         if ioq_arm(&self.inr.r):
             ioq_disarm(&self.inr.r)
-            return 0
+            return VBUS_TASK_MORE
         if w.out_full and ioq_arm(&self.outr.r):
             ioq_disarm(&self.outr.r)
+            ioq_disarm(&self.inr.r)
             w.out_full = False
-            return 0
-        if deadline:
-            if shm_now_ns() >= deadline:
-                return -1
-            ms = <int>((deadline - shm_now_ns()) // 1000000) + 1
-            if ms > 1000:
-                ms = 1000
-        n = epoll_wait(self.epfd, evs, 8, ms)
-        ioq_disarm(&self.inr.r)
-        ioq_disarm(&self.outr.r)
-        if n > 0:
-            self.st.wakeups += 1
-            self._drain_events(evs, n, w)
-        return 0
+            return VBUS_TASK_MORE
+        self.armed = True
+        return VBUS_TASK_IDLE
 
-    cdef void _drain_events(self, epoll_event *evs, int n, pump_wake_t *w) noexcept nogil:
-        cdef int i
-        cdef uint64_t cnt, tag
-        for i in range(n):
-            tag = evs[i].data.u64
-            if tag == EV_IN:
-                ioq_kicked(&self.inr.r)
-            elif tag == EV_OUT:
-                ioq_kicked(&self.outr.r)
-                w.out_full = False
-            elif tag == EV_PORT:
-                w.port_ready = True
-            elif tag == EV_STOP:
-                read(self.stop_fd, &cnt, 8)
-                w.stop = True
+    def run(self, double timeout=-1):
+        """Pump until stop() (or `timeout` seconds, for tests), alone on a
+        private worker in the calling thread, sleeping in epoll with no
+        timeout when idle.  Returns 'stopped', 'timeout' or 'broken' (the
+        peer corrupted a ring index).  bulk_cpu applies here only: it moves
+        the calling thread."""
+        if self.task.epfd >= 0 or self.alone:
+            raise RuntimeError("the pump is already being served")
+        w = Worker()
+        self.private = w
+        result = "stopped"
+        try:
+            if self.stop_asked:
+                self.stop_asked = False
+                return "stopped"
+            self.alone = True
+            w.add(self)
+            result = w.run(timeout, until_done=True)
+            if result == "stopped":
+                self.stop_asked = False
+        finally:
+            w.remove(self)
+            self.private = None
+            self.alone = False
+            if self.armed:
+                ioq_disarm(&self.inr.r)
+                ioq_disarm(&self.outr.r)
+                self.armed = False
+            if self.bulk_pinned:
+                sched_setaffinity(0, sizeof(cpu_set_t), &self.saved_mask)
+                self.bulk_pinned = False
+            w.close()
+        if self.inr.r.broken or self.outr.r.broken:
+            return "broken"
+        return result
 
     def stats(self):
         s = dict(self.st)
