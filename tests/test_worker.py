@@ -394,6 +394,38 @@ def test_idle_daemon_with_64_open_devices_makes_no_wakeups(daemon2):
             b.close()
 
 
+def test_an_idle_switch_with_open_ports_makes_no_wakeups(daemon2):
+    """A venet-switch is one task of the pool, not a thread: 8 ports open
+    and linked up, traffic once, then over 2 s no thread of the daemon
+    wakes up (ageing needs no timer) and none was added."""
+    d = daemon2
+    d.req("bus-create", name="sw")
+    threads0 = d.threads()
+    d.req("device-create", name="s0", **{"class": "venet-switch"})
+    d.req("bus-link", bus="sw", device="s0")
+    buses = [frontend.connect(d.sock("sw")) for _ in range(8)]
+    try:
+        ports = [b.open("s0", ring_size=64) for b in buses]    # a port per connection
+        ports[0].send(lframe(), timeout=WAIT)               # flooded to the 7 others
+        for p in ports[1:]:
+            assert p.recv(timeout=WAIT) == lframe()
+        assert d.threads() == threads0, "threads grew with the switch"
+
+        def settled():
+            a = _switches(d.pid)
+            time.sleep(0.3)
+            return a == _switches(d.pid)
+        wait_until(settled, WAIT, "the daemon to go quiet")
+        before = _switches(d.pid)
+        threading.Event().wait(2.0)     # the observation window
+        after = _switches(d.pid)
+        woke = {t: after[t] - before.get(t, 0) for t in after if after[t] != before.get(t, 0)}
+        assert woke == {}, f"threads woke while idle: {woke}"
+    finally:
+        for b in buses:
+            b.close()
+
+
 def test_nothing_leaks_over_100_open_close_cycles(daemon2):
     d = daemon2
     d.req("bus-create", name="c")

@@ -261,12 +261,18 @@ class SwitchClass(DeviceClass):
              doc="seconds a learned MAC lives unseen"),
         Attr("uplink", str, "", max_len=96, check=_uplink,
              doc="tap:NAME[@NETNS]: a tap as one more port (root)"),
+        Attr("poll_us", int, 0, min=0, max=1_000_000, live=True,
+             doc="busy-poll up to this long after work before sleeping"),
+        Attr("cpu", str, placement.ANY, max_len=8, check=_cpu,
+             doc="the CPU whose worker serves the switch (any: the least loaded)"),
     )
 
     def create(self, name, attrs):
         from venet.devices.switch import SwitchDevice
         dev = SwitchDevice(name, mtu=attrs["mtu"], offloads=abi.parse_offloads(attrs["offloads"]),
-                           mac_table_size=attrs["mac_table_size"], ageing_s=attrs["ageing_s"])
+                           mac_table_size=attrs["mac_table_size"], ageing_s=attrs["ageing_s"],
+                           poll_us=attrs["poll_us"],
+                           cpu=None if attrs["cpu"] in (placement.AUTO, placement.ANY) else int(attrs["cpu"]))
         try:
             if attrs["uplink"]:
                 _add_uplink(dev, attrs["uplink"])
@@ -310,7 +316,9 @@ class _SwitchInstance(DeviceInstance):
     def set(self, name, value):
         if name == "ageing_s":
             self.dev.engine.set_ageing(value)
-        elif name in ("mtu", "mac_table_size", "offloads", "uplink"):
+        elif name == "poll_us":
+            self.dev.engine.set_poll(value)
+        elif name in ("mtu", "mac_table_size", "offloads", "uplink", "cpu"):
             raise VbusDeviceError(f"attribute '{name}' of a switch is fixed once the device exists; "
                                   f"destroy and create it again")
 

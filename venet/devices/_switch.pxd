@@ -7,6 +7,7 @@ from ioq.abi cimport ioq_item_t, ioq_sg_t
 from ioq.ring cimport ioq_ring_t
 from venet.abi cimport VENET_MAX_CHAIN, VENET_META_NREASONS
 from venet.chain cimport VENET_CHAIN_MAX_IOV
+from vbus._worker cimport Task
 
 cdef extern from "<pthread.h>" nogil:
     ctypedef struct pthread_mutex_t:
@@ -14,6 +15,7 @@ cdef extern from "<pthread.h>" nogil:
     int pthread_mutex_init(pthread_mutex_t *m, void *attr)
     int pthread_mutex_destroy(pthread_mutex_t *m)
     int pthread_mutex_lock(pthread_mutex_t *m)
+    int pthread_mutex_trylock(pthread_mutex_t *m)
     int pthread_mutex_unlock(pthread_mutex_t *m)
 
 cdef enum:
@@ -21,10 +23,6 @@ cdef enum:
     SW_BATCH = 32               # frames taken from one port per turn
     SW_SG_SCRATCH = 512
     SW_MAX_IOV = VENET_CHAIN_MAX_IOV
-    # what a turn returns (the worker pool's task protocol)
-    SW_IDLE = 0                 # no work left; every signal armed and re-checked
-    SW_MORE = 1                 # work is left: call again
-    SW_DONE = 2                 # the switch was stopped
     SW_KIND_RING = 0
     SW_KIND_TAP = 1
 
@@ -121,23 +119,26 @@ cdef struct sw_t:
     uint8_t *tapbuf             # one tap read: vnet header + frame
     int epfd                    # every port's doorbell or tap, and the stop fd
     int stop_fd
+    int64_t poll_ns             # --poll-us: the worker busy-polls after work
+    bint recent                 # the last turn moved frames
     sw_stats_t st
 
 
-# The worker pool's task functions over one switch (ctx = the sw_t *):
-# run = sw_task_run (its fd: Switch.task_fd, the switch's own epoll),
-# peek = sw_peek.  sw_run is one turn without looking at the fds.
+# One turn over every port (the vbus task's run, after the switch's own
+# epoll was read: sw_task_run), and the busy-poll probe (the task's peek).
 cdef int sw_run(sw_t *sw, uint32_t events) noexcept nogil
 cdef int sw_task_run(sw_t *sw, uint32_t events) noexcept nogil
 cdef bint sw_peek(sw_t *sw) noexcept nogil
 
 
-cdef class Switch:
+# A vbus worker pool task (vbus/worker.pxd) whose one fd is the switch's
+# own epoll, readable when a port's doorbell rang or a tap has frames.
+cdef class Switch(Task):
     cdef sw_t *sw
     cdef int epfd
     cdef int stop_fd
     cdef dict rings             # slot -> the Ring objects it points into
-    cdef object thread
     cdef readonly bint running
 
     cdef int _add(self, sw_port_t *p) except -1
+    cdef void _sweep(self) noexcept nogil

@@ -11,18 +11,19 @@ released, and each destination published and kicked once per batch (a kick
 goes only to a side that asked to be woken: ioq_kick_peer).  A destination
 with no room loses the frame, counted on it; nothing waits.
 
-A turn follows the worker pool's task protocol: it returns SW_MORE while
-work is left and SW_IDLE only after arming every port's TX signal and
-finding nothing published meanwhile (no lost wake-up).  Until the pool
-serves it, Switch.start() runs the turns on one thread of its own over one
-epoll (each port's TX doorbell, edge-triggered; a tap port's fd).
+The switch is a task of a vbus worker pool (vbus/worker.pxd): its one fd
+is its own epoll (each port's TX doorbell, edge-triggered; a tap port's
+fd), and a turn returns MORE while work is left and IDLE only after arming
+every port's TX signal and finding nothing published meanwhile (no lost
+wake-up).  MAC ageing needs no timer: a lookup refuses an entry older than
+the ageing time, and a periodic sweep during turns reclaims the slots, so
+an idle switch is never woken.
 
 Port changes take the switch's lock, which a turn holds while it touches
 port memory: once remove_port() returns, the engine never touches that
 port's rings again, so its region may be unmapped.
 """
 import os
-import threading
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.stdlib cimport calloc, malloc, free
 from libc.string cimport memcpy, memset
@@ -37,6 +38,8 @@ from ioq._ring cimport Ring
 from venet.abi cimport *
 from venet.meta cimport *
 from venet.chain cimport *
+from vbus.worker cimport *
+from vbus._worker cimport Task
 
 cdef extern from "venet_gso.h" nogil:
     ctypedef int (*venet_gso_emit_t)(void *arg, const uint8_t *seg, uint32_t len) noexcept nogil
@@ -524,8 +527,10 @@ cdef void flush(sw_t *sw) noexcept nogil:
 
 
 cdef int sw_run(sw_t *sw, uint32_t events) noexcept nogil:
-    """One turn over every port (the worker pool's `run`): SW_MORE while
-    work is left, SW_IDLE once every signal is armed and nothing arrived
+    """One turn over every port: VBUS_TASK_MORE while work is left,
+    VBUS_TASK_POLL right after work when busy-polling was asked (signals
+    left unarmed: the peers need not kick while the worker polls), else
+    VBUS_TASK_IDLE once every signal is armed and nothing arrived
     meanwhile."""
     cdef uint32_t i, did = 0, slot
     cdef bint work = False
@@ -544,8 +549,14 @@ cdef int sw_run(sw_t *sw, uint32_t events) noexcept nogil:
             did += ring_turn(sw, slot)
         flush(sw)
     if did:
+        sw.recent = True
         pthread_mutex_unlock(&sw.lock)
-        return SW_MORE
+        return VBUS_TASK_MORE
+    if sw.poll_ns > 0 and sw.recent and not events & VBUS_EV_ARM:
+        sw.recent = False
+        pthread_mutex_unlock(&sw.lock)
+        return VBUS_TASK_POLL
+    sw.recent = False
     # Arm, then re-check: a frame published after the turn looked is seen
     # here, or its producer sees `enabled` and kicks.
     for i in range(sw.nact):
@@ -561,22 +572,29 @@ cdef int sw_run(sw_t *sw, uint32_t events) noexcept nogil:
             if p.kind == SW_KIND_RING:
                 ioq_disarm(p.tx)
     pthread_mutex_unlock(&sw.lock)
-    return SW_MORE if work else SW_IDLE
+    return VBUS_TASK_MORE if work else VBUS_TASK_IDLE
 
 
 cdef bint sw_peek(sw_t *sw) noexcept nogil:
-    """Is there work (the worker pool's `peek`)?  Lock-free reads of the
-    TX rings' next slots; a wrong answer costs one turn or one poll."""
+    """Is there work (the worker pool's `peek`)?  A port being added or
+    removed holds the lock: then a turn looks (the rings of a port being
+    removed may be unmapped as soon as its removal returns)."""
     cdef uint32_t i
     cdef sw_port_t *p
+    cdef bint work = False
+    if pthread_mutex_trylock(&sw.lock) != 0:
+        return True
     for i in range(sw.nact):
         p = &sw.ports[sw.act[i]]
         if p.kind == SW_KIND_TAP:
             if p.tap_ready:
-                return True
+                work = True
+                break
         elif ioq_peek(p.tx):
-            return True
-    return False
+            work = True
+            break
+    pthread_mutex_unlock(&sw.lock)
+    return work
 
 
 cdef void sw_woken(sw_t *sw, epoll_event *evs, int n) noexcept nogil:
@@ -632,11 +650,19 @@ cdef int sw_task_run(sw_t *sw, uint32_t events) noexcept nogil:
     """The worker pool's `run` for a switch whose one fd is its own epoll
     (Switch.task_fd: readable when a port's doorbell rang, a tap has
     frames, or stop() was called).  events != 0: that fd was reported, so
-    what it holds is taken first, without waiting.  SW_DONE after stop(),
-    else as sw_run."""
-    if events and sw_events(sw, 0) < 0:
-        return SW_DONE
-    return sw_run(sw, 0)
+    what it holds is taken first, without waiting.  VBUS_TASK_DONE after
+    stop(), else as sw_run."""
+    if events & (VBUS_EV_FDS | VBUS_EV_ADDED) and sw_events(sw, 0) < 0:
+        return VBUS_TASK_DONE
+    return sw_run(sw, events)
+
+
+cdef int _task_run(vbus_task_t *t, uint32_t events) noexcept nogil:
+    return sw_task_run(<sw_t *>t.ctx, events)
+
+
+cdef bint _task_peek(vbus_task_t *t) noexcept nogil:
+    return sw_peek(<sw_t *>t.ctx)
 
 
 cdef class Switch:
@@ -686,6 +712,13 @@ cdef class Switch:
         ev.data.u64 = TAG_STOP
         if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.stop_fd, &ev) < 0:
             raise OSError(errno, "epoll_ctl")
+        # One level-triggered fd for the worker: the switch's own epoll.  The
+        # ports' doorbells stay edge-triggered inside it.
+        self.task.ctx = <void *>self.sw
+        self.task.peek = _task_peek
+        if vbus_task_fd(&self.task, self.epfd, 1, False) < 0:
+            raise RuntimeError("the switch's task has no room for its fd")
+        self.task.run = _task_run
 
     def __dealloc__(self):
         if self.epfd >= 0:
@@ -842,7 +875,18 @@ cdef class Switch:
     def ports(self):
         return sorted(self.rings)
 
+    cdef void _sweep(self) noexcept nogil:
+        # Aged entries are refused by lookups already; a look at the table
+        # from the control plane reclaims them too, as a turn's sweep would
+        # (an idle switch takes no turns).
+        pthread_mutex_lock(&self.sw.lock)
+        self.sw.now = shm_now_ns()
+        mac_sweep(self.sw, -1)
+        pthread_mutex_unlock(&self.sw.lock)
+
     def stats(self):
+        with nogil:
+            self._sweep()
         s = dict(self.sw.st)
         s["mac_entries"] = self.sw.mac_count
         s["mac_table_size"] = self.sw.mac_size
@@ -850,10 +894,12 @@ cdef class Switch:
         return s
 
     def macs(self):
-        """The live table: {"02:..": slot} (aged entries not yet swept included)."""
+        """The live table: {"02:..": slot}."""
         out = {}
         cdef uint32_t i
         cdef uint64_t m
+        with nogil:
+            self._sweep()
         for i in range(self.sw.mac_mask + 1):
             m = self.sw.mac[i].key
             if m:
@@ -861,51 +907,39 @@ cdef class Switch:
                 out[":".join(f"{(m >> (40 - 8 * b)) & 0xff:02x}" for b in range(6))] = self.sw.mac[i].port
         return out
 
-    # ---- the engine's own thread (until the worker pool serves it) -------
+    # ---- serving: a task of a vbus worker pool ---------------------------
 
-    def start(self):
-        if self.thread is not None:
-            raise RuntimeError("the switch engine is already running")
+    def serve(self, pool, cpu=None):
+        """Serve the switch on a worker of `pool` (vbus._worker.Pool)."""
+        if self.worker is not None:
+            raise RuntimeError("the switch engine is already served")
+        pool.add(self, cpu=cpu)
         self.running = True
-        self.thread = threading.Thread(target=self._serve, name="venet-switch", daemon=True)
-        self.thread.start()
 
     def stop(self, timeout=5.0):
-        """Stop the engine thread; True once it has ended."""
-        if self.thread is None:
+        """Take the switch off its worker; True once the worker has let it
+        go (it never touches the switch again)."""
+        if self.worker is None:
+            self.running = False
             return True
-        os.eventfd_write(self.stop_fd, 1)
-        self.thread.join(timeout)
-        if self.thread.is_alive():
+        try:
+            self.worker.remove(self, timeout)
+        except TimeoutError:
             return False
-        self.thread = None
+        self.running = False
         return True
+
+    def set_poll(self, int poll_us):
+        """Busy-poll up to poll_us after work (0: sleep at once)."""
+        if not 0 <= poll_us <= 1_000_000:
+            raise ValueError("poll_us must be 0..1000000")
+        self.sw.poll_ns = <int64_t>poll_us * 1000
+        self.task.poll_ns = self.sw.poll_ns
 
     def wake(self):
         """Make the engine take one turn now (a port was added with frames
         already queued; an attribute changed)."""
         os.eventfd_write(self.stop_fd, 2)
-
-    @property
-    def task_fd(self):
-        """The one fd a worker pool watches for this switch (its epoll)."""
-        return self.epfd
-
-    def _serve(self):
-        cdef int rc
-        cdef sw_t *sw = self.sw
-        with nogil:
-            while True:
-                rc = sw_run(sw, 0)
-                if rc == SW_MORE:
-                    continue
-                # Idle, every signal armed: sleep until a doorbell, a tap,
-                # stop() or the 1 s tick (the MAC sweep).  The events are
-                # taken here, where they are reported: a doorbell's edge is
-                # reported once.
-                if sw_events(sw, 1000) < 0:
-                    break
-        self.running = False
 
 
 cdef dict _port_dict(sw_port_t *p):

@@ -50,8 +50,11 @@ class SwitchDevice:
     multi_open = True
     owner = None                    # never owned: every OPEN gets a port
 
-    def __init__(self, name, mtu=1500, offloads=SWITCH_OFFLOADS, mac_table_size=4096, ageing_s=300):
+    def __init__(self, name, mtu=1500, offloads=SWITCH_OFFLOADS, mac_table_size=4096, ageing_s=300,
+                 poll_us=0, cpu=None):
         self.name = name
+        self.cpu = cpu              # the CPU whose worker serves the engine (None: least loaded)
+        self._pool = None
         self.mtu = mtu
         self.mac = port_mac(name, "switch")
         self.tap_name = "switch"
@@ -63,7 +66,26 @@ class SwitchDevice:
         self.totals = {}            # counters of removed ports, summed
         self.uplink = None          # (slot, fd, ifname)
         self._lock = threading.Lock()
-        self.engine.start()
+        self.engine.set_poll(poll_us)
+
+    # ---- the worker serving the engine --------------------------------
+
+    @property
+    def pool(self):
+        return self._pool
+
+    @pool.setter
+    def pool(self, pool):
+        """The bus's worker pool (set by the bridge or the daemon that
+        serves the device): the engine becomes one of its tasks."""
+        self._pool = pool
+        if pool is not None:
+            self._serve()
+
+    def _serve(self):
+        if self.engine.worker is None:
+            from venet import bridge
+            self.engine.serve(self._pool or bridge.shared_pool(), cpu=self.cpu)
 
     # ---- what the bridge asks of a device -----------------------------
 
@@ -137,7 +159,7 @@ class SwitchDevice:
             self.uplink = None
             os.close(fd)
         if not self.engine.stop():
-            log.error("switch %s: the engine did not stop", self.name)
+            log.error("switch %s: its worker did not let the engine go", self.name)
 
 
 class SwitchPort:
@@ -187,6 +209,7 @@ class SwitchPort:
         # (TXC) in between.
         self.event(abi.EV_LINKSTATE, 1)
         try:
+            self.dev._serve()
             self.slot = self.dev.engine.add_ring_port(tx, rx, evq if txc else None, caps)
         except (ValueError, OSError) as e:
             self.event(abi.EV_LINKSTATE, 0)
