@@ -38,6 +38,7 @@ MODULES = [
     "bench._ringbench",
     "bench._sysbench",
     "venet._abi",
+    "venet.devices._capture",
     "venet.devices._pump",
     "venet._frames",
 ]

@@ -204,6 +204,8 @@ class Daemon(vbus.Observer):
         if br is None:
             return
         dev = br.devices.pop(device.name, None)
+        if dev is not None:
+            br.device_gone(dev, f"device '{device.name}' was removed from bus '{bus.name}'")
         if dev is None or dev.owner is None or dev.owner not in br.conns.values():
             return
         conn = dev.owner

@@ -5,6 +5,8 @@ from ioq._ring cimport Ring
 from venet.abi cimport VENET_MAX_CHAIN, VENET_META_SIZE, VENET_META_NREASONS
 from venet.chain cimport VENET_CHAIN_MAX_IOV
 from venet.devices.port cimport venet_port_t
+from venet.devices.capture cimport venet_cap_tee_t
+from venet.devices._capture cimport CaptureSet
 from shmsignal.includes.osdefs cimport epoll_event
 
 cdef extern from "<sched.h>" nogil:
@@ -68,6 +70,11 @@ cdef class Pump:
     cdef uint32_t max_plain         # longest frame without GSO: MTU + 14
     cdef uint8_t vhdr[VENET_META_SIZE]  # the vnet header of the frame being written
     cdef iovec iov[MAX_IOV]
+    # capture taps (venet/devices/capture.pxd): `io` is the port each batch
+    # uses, &port, or &tee.port while a capture is attached
+    cdef CaptureSet capset
+    cdef venet_cap_tee_t tee
+    cdef venet_port_t *io
     # the loop
     cdef int epfd
     cdef int stop_fd
