@@ -31,7 +31,7 @@ from venet import abi, control, placement
 from venet.control import ProtocolError, field
 from venet.devices import tap as taplib
 from venet.devices._pump import Pump
-from venet.devices._capture import CaptureSet, FilterError
+from venet.devices._capture import MAX_SNAPLEN, MIN_SNAPLEN, CaptureSet, FilterError, check_filter
 
 log = logging.getLogger("venet.bridge")
 
@@ -866,10 +866,18 @@ class Bridge:
         if len(conn.captures) >= MAX_CAPTURES:
             raise Refused(f"this connection already holds {len(conn.captures)} captures, "
                           f"the most one connection may hold")
+        if not MIN_SNAPLEN <= snaplen <= MAX_SNAPLEN:
+            raise Refused(f"snaplen {snaplen} is out of range {MIN_SNAPLEN}..{MAX_SNAPLEN}")
+        if direction not in ("in", "out", "both"):
+            raise Refused(f"direction {direction!r} is not in, out or both")
         try:
             prog = base64.b64decode(text, validate=True)
         except (binascii.Error, ValueError):
             raise Refused("the filter is not base64 of 8-byte BPF instructions") from None
+        try:
+            check_filter(prog)
+        except FilterError as e:
+            raise Refused(str(e)) from None
         cid = next(self._capture_ids)
         dev.capture_start(cid, list(fds), prog, snaplen, direction)
         conn.captures[cid] = dev

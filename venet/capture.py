@@ -15,6 +15,7 @@ import base64
 import ctypes
 import datetime
 import os
+import select
 import selectors
 import signal
 import socket
@@ -153,10 +154,12 @@ class Capture:
         backend is gone or has ended this capture (self.ended says why)."""
         sock = self.bus.sock
         while True:
-            try:
-                data = sock.recv(control.HDR.size + control.MAX_REPLY_BODY, socket.MSG_PEEK | socket.MSG_DONTWAIT)
-            except BlockingIOError:
+            # select, not MSG_DONTWAIT: the socket has a timeout, and Python
+            # waits for it before a recv in timeout mode.
+            if not select.select([sock], [], [], 0)[0]:
                 return True
+            try:
+                data = sock.recv(control.HDR.size + control.MAX_REPLY_BODY, socket.MSG_PEEK)
             except OSError as e:
                 self.ended = f"the control connection failed: {e.strerror or e}"
                 return False
@@ -249,6 +252,8 @@ def summary(frame):
     """One line per frame, like tcpdump's."""
     t = datetime.datetime.fromtimestamp(frame.ts_ns / 1e9).strftime("%H:%M:%S.%f")
     try:
+        import scapy.layers.inet  # noqa: F401  (registers IPv4 under Ethernet)
+        import scapy.layers.inet6  # noqa: F401
         from scapy.layers.l2 import Ether
         what = Ether(frame.data).summary()
     except Exception:               # scapy missing, or a frame it cannot take apart
