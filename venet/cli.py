@@ -58,7 +58,7 @@ def build_parser():
     e2e.add_argument("--repeats", type=_repeats, metavar="N",
                      help="builds and measurements per topology and MTU (default 3; --quick 1)")
     e2e.add_argument("--topologies", type=_topologies, metavar="A,B,...",
-                     help="a subset of veth,venet,venet-poll,venet-nooff,venet-pin,venet-any,socat,pypump,testpmd")
+                     help="a subset of veth,venet,venet-poll,venet-nooff,venet-pin,venet-any,venet-capture,socat,pypump,testpmd")
     e2e.set_defaults(func=_cmd_bench_e2e)
 
     iso = bsub.add_parser("isolation", help="frontend B's control replies and traffic while "
