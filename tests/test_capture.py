@@ -62,6 +62,14 @@ def finish(p, timeout=20):
     return p.returncode, out.decode(), err.decode()
 
 
+def reap(p):
+    """Kill `p` if it still runs, and close its pipes now (not whenever the
+    garbage collector gets to them, in some later test)."""
+    if p.poll() is None:
+        p.kill()
+    p.communicate()
+
+
 def sha(b):
     return hashlib.sha256(bytes(b)).hexdigest()
 
@@ -91,15 +99,14 @@ def test_pcapng_holds_the_frames_sent_both_ways(dmn, tmp_path):
             assert data == gso and meta.gso_type == abi.GSO_TCPV4
         rc, _, err = finish(p)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        reap(p)
     assert rc == 0, err
     assert "8 frames captured, 0 dropped by the capture" in err
     sent = plain + [gso]
     # Each frame went out of the frontend, then (the loopback) back in.
     want = [(sha(f), d) for f in sent for d in ("out", "in")]
-    pkts = list(PcapNgReader(str(out)))
+    with PcapNgReader(str(out)) as reader:
+        pkts = list(reader)
     got = [(sha(raw(p)), {1: "in", 2: "out"}.get(p.direction)) for p in pkts]
     assert got == want
     # The GSO super-frame is one frame each way, with its offload note.
@@ -138,9 +145,7 @@ def test_summary_lines_and_an_icmp_filter(dmn):
                 assert dev.recv(timeout=5) == f
         rc, out, err = finish(p)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        reap(p)
     assert rc == 0, err
     lines = out.splitlines()
     assert len(lines) == 2, out
@@ -193,7 +198,7 @@ def test_a_capturer_killed_leaves_the_device_running(dmn):
                 assert dev.send(frame(200, i), timeout=5)
                 assert dev.recv(timeout=5) == frame(200, i)
             p.send_signal(signal.SIGKILL)
-            p.wait(10)
+            p.communicate(timeout=10)
             attached(dmn, 0)
             for i in range(50):
                 assert dev.send(frame(200, i), timeout=5)
@@ -207,9 +212,7 @@ def test_a_capturer_killed_leaves_the_device_running(dmn):
                 assert cap.next(timeout=0.1) is None
                 assert cap.stop()["filtered"] == 2
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        reap(p)
     assert "Traceback" not in dmn.log()
 
 
@@ -220,9 +223,7 @@ def test_ctrl_c_ends_a_capture_cleanly(dmn):
         p.send_signal(signal.SIGINT)
         rc, out, err = finish(p)
     finally:
-        if p.poll() is None:
-            p.kill()
-            p.wait()
+        reap(p)
     assert rc == 0 and err.strip() == "0 frames captured, 0 dropped by the capture", err
     attached(dmn, 0)
 
@@ -269,3 +270,23 @@ def test_control_refusals_keep_the_connection(dmn):
         with pytest.raises(control.RemoteError, match="no capture 99 on this connection"):
             control.call(bus.sock, control.CAPTURE_STOP, {"capture": 99})
         assert bus.list()[0]["name"] == "lo0"
+
+
+def test_a_capturer_that_breaks_its_ring_loses_only_its_own_frames(dmn):
+    from tests.conftest import RawPeer
+    with frontend.connect(dmn.sock("t")) as bus:
+        dev = bus.open("lo0")
+        with capture.Capture(dmn.sock("t"), "lo0", ring_bytes=0) as cap:
+            peer = RawPeer(cap.region, 0)
+            try:
+                peer.set_cons(12345)            # a consumer index it never had
+            finally:
+                peer.close()
+            for i in range(20):
+                assert dev.send(frame(80, i), timeout=5)
+                assert dev.recv(timeout=5) == frame(80, i)
+            # The backend reads the consumer index only once its cached view
+            # of the ring is full: then it finds the index impossible.
+            c = cap.stop()
+            assert c["captured"] == capture.MIN_SLOTS and c["dropped"] == 40 - capture.MIN_SLOTS
+    assert counters(dmn)["captures"] == 0

@@ -32,7 +32,8 @@ def test_tcp_through_bridge_and_attach_captured_as_gso_frames(netns, procs, sock
             cap.wait()
     assert cap.returncode == 0, err
     assert "0 dropped by the capture" in err, err
-    pkts = list(PcapNgReader(str(out)))
+    with PcapNgReader(str(out)) as reader:
+        pkts = list(reader)
     outs = [p for p in pkts if p.direction == 2]
     ins = [p for p in pkts if p.direction == 1]
     gso = [p for p in pkts if any(c.startswith(b"gso tcpv4") for c in (p.comments or []))]
