@@ -40,6 +40,7 @@ MODULES = [
     "bench._sysbench",
     "bench._swbench",
     "venet._abi",
+    "venet.devices._capture",
     "venet.devices._pump",
     "venet._frames",
     "venet.devices._switch",

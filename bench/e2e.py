@@ -10,6 +10,9 @@ and torn down (tests.lab.Lab).  Topologies:
   venet-pin   venet with both pump threads pinned to CPU 0 (--cpu 0)
   venet-any   venet with the pumps wherever the scheduler puts them (--cpu any;
               the default, --cpu auto, co-locates them during bulk traffic)
+  venet-capture
+              venet with `venet capture vt0 -w /dev/null` attached to the
+              bridge's device (MTU 1500 only): what a capture costs the traffic
   socat       two socat processes: tap <-> Unix SOCK_SEQPACKET <-> tap
   pypump      bench/pypump.py, the same shape in plain Python
   testpmd     DPDK testpmd between two net_tap ports, if dpdk-testpmd exists
@@ -38,8 +41,8 @@ import time
 from tests.lab import Lab, cpu_seconds, rss_kib, run_in
 
 A, B = "10.77.0.1", "10.77.0.2"
-TOPOLOGIES = ("veth", "venet", "venet-poll", "venet-nooff", "venet-pin", "venet-any", "socat",
-              "pypump", "testpmd", "veth-1cpu", "venet-1cpu")
+TOPOLOGIES = ("veth", "venet", "venet-poll", "venet-nooff", "venet-pin", "venet-any", "venet-capture",
+              "socat", "pypump", "testpmd", "veth-1cpu", "venet-1cpu")
 ONE_CPU = "-1cpu"
 POLL_US = 20_000
 CLIENT_TOOLS = ("sockperf", "iperf3", "socat", "ping")
@@ -73,6 +76,13 @@ def build(lab, topo, mtu):
                                "--mtu", str(mtu), *extra))
         lab.bus_socket = sock
         procs.append(lab.venet("attach", "--socket", sock, "--tap", "vt1", "--netns", b, *extra))
+        if topo == "venet-capture":
+            if mtu != 1500:
+                raise NotAtThisMtu("the capture row is measured at MTU 1500")
+            # Not one of `procs`: those are the pumps, whose CPU is reported.
+            lab.start([sys.executable, "-m", "venet", "capture", "vt0", "--socket", sock,
+                       "-w", os.devnull], ready=None)
+            _wait_capture(sock)
     elif topo == "socat":
         sock = lab.socket_path()
         tun = "TUN,tun-type=tap,iff-no-pi,iff-up,tun-name={}"
@@ -109,6 +119,18 @@ def build(lab, topo, mtu):
     lab.addr(a, "vt0", A, mtu=mtu)
     lab.addr(b, "vt1", B, mtu=mtu)
     return a, b, procs
+
+
+def _wait_capture(sock, timeout=20):
+    from venet import frontend
+    deadline = time.monotonic() + timeout
+    while True:
+        with frontend.connect(sock) as bus:
+            if bus.stats()["devices"][0]["counters"].get("captures"):
+                return
+        if time.monotonic() > deadline:
+            raise RuntimeError("venet capture did not attach")
+        time.sleep(0.05)
 
 
 def one_cpu():

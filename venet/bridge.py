@@ -13,6 +13,8 @@ When a frontend goes away (close, crash, kill -9), its devices are reset:
 pump stopped, memory unmapped, ready for the next frontend.
 """
 import atexit
+import base64
+import binascii
 import collections
 import errno
 import heapq
@@ -32,6 +34,7 @@ from venet.control import ProtocolError, field
 from venet.devices import tap as taplib
 from venet.devices._pump import Pump
 from vbus._worker import Pool
+from venet.devices._capture import MAX_SNAPLEN, MIN_SNAPLEN, CaptureSet, FilterError, check_filter
 
 log = logging.getLogger("venet.bridge")
 
@@ -85,6 +88,10 @@ class Device:
         # of a pump that ended on its own only takes it without waiting.
         self._lock = threading.RLock()
         self.is_tap = tap_fd >= 0 and not stat.S_ISSOCK(os.fstat(tap_fd).st_mode)
+        # Capture taps: the set outlives pumps (each pump of the device
+        # gets it), captures come and go beside the owner.
+        self.captures = CaptureSet()
+        self.capture_maps = {}      # capture id -> (slot, ring, region)
         # What this device offers per capability group: SG chains always,
         # offloads as far as the kernel's tun supports them.
         if self.is_tap:
@@ -158,7 +165,7 @@ class Device:
         try:
             # No bulk_cpu: it moves a whole thread, and a worker is shared.
             pump = Pump(tx, rx, self.tap_fd, poll_us=self.poll_us, mtu=self.mtu, caps=caps,
-                        txc_evq=self.evq if txc else None)
+                        txc_evq=self.evq if txc else None, capture=self.captures)
         except (ValueError, OSError) as e:
             if self.is_tap:
                 taplib.set_offloads(self.tap_fd, 0)
@@ -250,6 +257,51 @@ class Device:
                 self.owner = None
                 self.caps = {}
 
+    def capture_start(self, cid, fds, prog, snaplen, direction):
+        """Attach capture `cid`: its ring in the capturer's memory (fds:
+        the memfd, then the ring's producer's and consumer's doorbells)."""
+        if len(fds) != 3:
+            raise DeviceError(f"capture_start needs 1 memfd and 1 doorbell pair, got {len(fds)} fds")
+        try:
+            region = ioq.Region.attach(fds[0], [(fds[1], fds[2])], roles=(0,),
+                                       max_size=MAX_CAPTURE_REGION)
+        except ioq.RegionError as e:
+            raise DeviceError(f"capture memory refused: {e}") from None
+        except OSError as e:
+            raise DeviceError(f"capture memory refused: {e.strerror or e}") from None
+        try:
+            if region.nrings != 1:
+                raise DeviceError(f"a capture region has 1 ring, not {region.nrings}")
+            try:
+                ring = region.producer(0)
+            except (ioq.IoqError, ValueError) as e:
+                raise DeviceError(f"capture ring refused: {e}") from None
+            try:
+                slot = self.captures.add(ring, prog, snaplen, direction)
+            except FilterError as e:
+                raise DeviceError(str(e)) from None
+            except ValueError as e:
+                raise DeviceError(f"capture refused: {e}") from None
+        except BaseException:
+            region.close()
+            raise
+        self.capture_maps[cid] = (slot, ring, region)
+
+    def capture_stop(self, cid):
+        """Detach capture `cid` and unmap its memory; its counters (None:
+        it had ended already, with the device)."""
+        if cid not in self.capture_maps:
+            return None
+        slot, ring, region = self.capture_maps.pop(cid)
+        counters = self.captures.remove(slot)
+        ring.close()
+        region.close()
+        return counters
+
+    def capture_counters(self):
+        """{capture id: counters} of the captures attached now."""
+        return {cid: self.captures.counters(m[0]) for cid, m in self.capture_maps.items()}
+
     def _fold_stats(self, s):
         for k, v in _flatten(s).items():
             self.totals[k] = self.totals.get(k, 0) + v
@@ -257,6 +309,7 @@ class Device:
     def stats(self):
         out = dict(self.totals)
         out["pumps_wedged"] = sum(1 for w in self.wedged if isinstance(w, Pump))
+        out["captures"] = len(self.capture_maps)
         pump = self.pump
         if pump is not None:
             for k, v in _flatten(pump.stats()).items():
@@ -268,6 +321,8 @@ class Device:
                 "worker_cpu": worker.cpu if worker is not None and worker.cpu >= 0 else None}
 
     def close(self):
+        for cid in list(self.capture_maps):
+            self.capture_stop(cid)
         self.reset()
         if self.wedged:
             # A wedged pump still uses the tap fd's number: closing it could
@@ -357,6 +412,8 @@ def _flatten(s, prefix=""):
 
 # Control-plane limits (Bridge arguments override the first four).
 MAX_DEVICE_REGION = 64 << 20    # a device's shared memory, refused past it before mapping
+MAX_CAPTURE_REGION = 64 << 20   # a capture's ring and buffers, likewise
+MAX_CAPTURES = 8                # captures one connection may hold at once
 MAX_CONNECTIONS = 256           # connections served at once; more are refused
 MAX_PER_PROCESS = 64            # connections one process (SO_PEERCRED pid) may hold
 MAX_DEVICES = 16                # devices one connection may hold open
@@ -370,7 +427,8 @@ FAREWELL_DRAIN = 64             # unread requests discarded before a last ERROR
 
 _REQUESTS = frozenset((control.HELLO, control.LIST, control.OPEN, control.NEGCAP, control.REGISTER,
                        control.LINKUP, control.LINKDOWN, control.MACQUERY, control.CLOSE,
-                       control.STATS, control.FLUSHRX))
+                       control.STATS, control.FLUSHRX, control.CAPTURE_START, control.CAPTURE_STOP))
+_TAKES_FDS = frozenset((control.REGISTER, control.CAPTURE_START))
 _PEERCRED = struct.Struct("3i")
 
 
@@ -448,6 +506,7 @@ class Connection:
         self.hello = False
         self.hello_deadline = hello_deadline
         self.devices = {}           # name -> Device opened by this connection
+        self.captures = {}          # capture id -> Device it is attached to
         self.out = collections.deque()
         self.out_bytes = 0
         self.stall_deadline = None  # when pending output must have moved by
@@ -510,6 +569,7 @@ class Bridge:
         self._timers = []           # heap of (when, seq, what, conn)
         self._seq = itertools.count()
         self._ids = itertools.count(1)
+        self._capture_ids = itertools.count(1)
         self._reserve = None        # a spare fd, given up to shed connections at EMFILE
         self._stop_r, self._stop_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
 
@@ -728,6 +788,7 @@ class Bridge:
             except Exception:
                 log.exception("device %s: reset failed", dev.name)
         conn.devices.clear()
+        self._stop_captures(conn)
         conn.out.clear()
         if self.on_drop is not None:
             try:
@@ -868,6 +929,64 @@ class Bridge:
             raise ProtocolError(f"device {name!r} is not open on this connection")
         return dev
 
+    def _capture_start(self, conn, body, fds):
+        """A capture tap on a device of this bus: whoever may open the
+        device may capture it (the bus's access rules, checked at accept),
+        and it need not own it."""
+        name = field(body, "device", str, hi=64)
+        snaplen = field(body, "snaplen", int, lo=0, hi=0xffffffff)
+        direction = field(body, "direction", str, hi=8)
+        text = field(body, "filter", str, hi=control.MAX_BODY)
+        dev = self.devices.get(name)
+        if dev is None:
+            raise DeviceError(f"no device {name!r} on bus {self.bus}")
+        if not hasattr(dev, "capture_start"):
+            raise Refused(f"device {name!r} has no capture taps (a switch's ports are not "
+                          f"captured yet; venet-tap and venet-loopback devices are)")
+        if len(conn.captures) >= MAX_CAPTURES:
+            raise Refused(f"this connection already holds {len(conn.captures)} captures, "
+                          f"the most one connection may hold")
+        if not MIN_SNAPLEN <= snaplen <= MAX_SNAPLEN:
+            raise Refused(f"snaplen {snaplen} is out of range {MIN_SNAPLEN}..{MAX_SNAPLEN}")
+        if direction not in ("in", "out", "both"):
+            raise Refused(f"direction {direction!r} is not in, out or both")
+        try:
+            prog = base64.b64decode(text, validate=True)
+        except (binascii.Error, ValueError):
+            raise Refused("the filter is not base64 of 8-byte BPF instructions") from None
+        try:
+            check_filter(prog)
+        except FilterError as e:
+            raise Refused(str(e)) from None
+        cid = next(self._capture_ids)
+        dev.capture_start(cid, list(fds), prog, snaplen, direction)
+        conn.captures[cid] = dev
+        self._log(logging.INFO, "capture", "%s: capture %d of device %s started (%s, snaplen %d, "
+                  "%d filter instructions)", conn, cid, name, direction, snaplen, len(prog) // 8)
+        return {"capture": cid, "device": name}
+
+    def _stop_captures(self, conn):
+        for cid, dev in list(conn.captures.items()):
+            try:
+                c = dev.capture_stop(cid)
+                if c is not None:
+                    self._log(logging.INFO, "capture", "%s: capture %d of device %s ended: %d "
+                              "captured, %d dropped", conn, cid, dev.name, c["captured"], c["dropped"])
+            except Exception:
+                log.exception("device %s: capture %d: stop failed", dev.name, cid)
+        conn.captures.clear()
+
+    def device_gone(self, dev, reason):
+        """`dev` left this bus: its captures made through this bus end, and
+        each capturer is told with an EVENT (its connection stays)."""
+        for conn in list(self.conns.values()):
+            for cid, d in list(conn.captures.items()):
+                if d is dev:
+                    del conn.captures[cid]
+                    c = dev.capture_stop(cid) or {}
+                    self._queue(conn, control.EVENT, dict(c, event="capture_stopped", capture=cid,
+                                                          reason=reason))
+
     def control_stats(self):
         """The control plane's counters (the "control" object of STATS)."""
         return dict(self.counters, connections=len(self.conns), max_connections=self.max_connections,
@@ -878,7 +997,7 @@ class Bridge:
             raise ProtocolError(f"unknown message type {mtype}")
         if not conn.hello and mtype != control.HELLO:
             raise ProtocolError("the first message must be hello")
-        if fds and mtype != control.REGISTER:
+        if fds and mtype not in _TAKES_FDS:
             raise Refused(f"{control.NAMES[mtype]} takes no file descriptors "
                           f"(the {len(fds)} sent were closed)")
         if mtype == control.HELLO:
@@ -895,6 +1014,15 @@ class Bridge:
         if mtype == control.STATS:
             return {"bus": self.bus, "devices": [d.stats() for d in self.devices.values()],
                     "control": self.control_stats()}
+        if mtype == control.CAPTURE_START:
+            return self._capture_start(conn, body, fds)
+        if mtype == control.CAPTURE_STOP:
+            cid = field(body, "capture", int, lo=0, hi=1 << 62)
+            dev = conn.captures.pop(cid, None)
+            if dev is None:
+                raise Refused(f"no capture {cid} on this connection")
+            c = dev.capture_stop(cid)
+            return dict(c or {"ended": True}, capture=cid)
         if mtype == control.OPEN:
             name = field(body, "device", str, hi=64)
             dev = self.devices.get(name)

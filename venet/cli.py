@@ -58,7 +58,7 @@ def build_parser():
     e2e.add_argument("--repeats", type=_repeats, metavar="N",
                      help="builds and measurements per topology and MTU (default 3; --quick 1)")
     e2e.add_argument("--topologies", type=_topologies, metavar="A,B,...",
-                     help="a subset of veth,venet,venet-poll,venet-nooff,venet-pin,venet-any,socat,pypump,testpmd")
+                     help="a subset of veth,venet,venet-poll,venet-nooff,venet-pin,venet-any,venet-capture,socat,pypump,testpmd")
     e2e.set_defaults(func=_cmd_bench_e2e)
 
     swb = bsub.add_parser("switch", help="frontends through a venet-switch of a throwaway daemon, "
@@ -137,6 +137,25 @@ def build_parser():
     st.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH")
     st.add_argument("--json", action="store_true", help="print JSON")
     st.set_defaults(func=_cmd_stats)
+
+    cp = sub.add_parser("capture", help="frames of a running device, to pcapng (-w) or as lines")
+    cp.add_argument("device", metavar="DEVICE")
+    where = cp.add_mutually_exclusive_group()
+    where.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH",
+                       help=f"the bus of a `venet bridge` (default {DEFAULT_SOCKET})")
+    where.add_argument("--bus", type=_bus_name, metavar="BUS", help="a bus of `venet daemon`")
+    cp.add_argument("--run-dir", default=DEFAULT_RUN_DIR, metavar="DIR",
+                    help=f"the daemon's run directory, with --bus (default {DEFAULT_RUN_DIR})")
+    cp.add_argument("-w", dest="write", metavar="FILE", help="write pcapng here (- for stdout)")
+    cp.add_argument("-c", dest="count", type=_int_option("-c", 1, 1 << 62), metavar="COUNT",
+                    help="stop after COUNT frames")
+    cp.add_argument("--direction", choices=("in", "out", "both"), default="both",
+                    help="in: to the frontend, out: from it (default both)")
+    cp.add_argument("--snaplen", type=_int_option("--snaplen", 14, 262144), default=262144,
+                    metavar="N", help="bytes kept of each frame (default 262144: all)")
+    cp.add_argument("filter", nargs="*", metavar="FILTER",
+                    help="a BPF filter expression (libpcap's, as for tcpdump)")
+    cp.set_defaults(func=_cmd_capture)
 
     dm = sub.add_parser("demo", help="two namespaces pinging through bridge + attach")
     dm.add_argument("--count", type=int, default=20, help="pings (default 20)")
@@ -414,6 +433,20 @@ def _unbuilt(package):
     return out
 
 
+def _cmd_capture(args):
+    from venet import capture
+    return capture.run(args)
+
+
+def _bus_name(text):
+    from vbus.errors import BadName
+    from vbus.names import check_name
+    try:
+        return check_name(text, "bus name")
+    except BadName as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
 def _cmd_demo(args):
     from venet import demo
     return demo.run(args, _from_checkout("tests.lab", "demo"))
@@ -512,7 +545,14 @@ def main(argv=None):
     # is one more thread beside the pumps.  (Must precede the first import.)
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        # A capture's filter words may follow its options, as tcpdump's do
+        # (argparse takes the positionals in one go, before them).
+        if getattr(args, "cmd", None) == "capture" and not any(x.startswith("-") for x in extra):
+            args.filter += extra
+        else:
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return args.func(args)
     except UsageError as e:

@@ -25,10 +25,13 @@ MAX_REPLY_BODY = 65536          # a reply's (STATS of many devices)
 MAX_FDS = 16
 
 HELLO, LIST, OPEN, NEGCAP, REGISTER, LINKUP, LINKDOWN, MACQUERY, CLOSE, STATS, FLUSHRX = range(1, 12)
+# Capture taps (docs/capture.md): beside a device's owner, not through it.
+CAPTURE_START, CAPTURE_STOP = 12, 13
 REPLY, ERROR, EVENT = 64, 65, 66
 NAMES = {HELLO: "hello", LIST: "list", OPEN: "open", NEGCAP: "negcap", REGISTER: "register",
          LINKUP: "linkup", LINKDOWN: "linkdown", MACQUERY: "macquery", CLOSE: "close",
-         STATS: "stats", FLUSHRX: "flushrx", REPLY: "reply", ERROR: "error", EVENT: "event"}
+         STATS: "stats", FLUSHRX: "flushrx", CAPTURE_START: "capture_start",
+         CAPTURE_STOP: "capture_stop", REPLY: "reply", ERROR: "error", EVENT: "event"}
 
 
 class ProtocolError(Exception):

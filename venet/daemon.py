@@ -232,6 +232,7 @@ class Daemon(vbus.Observer):
         dev = br.devices.pop(device.name, None)
         if dev is None:
             return
+        br.device_gone(dev, f"device '{device.name}' was removed from bus '{bus.name}'")
         # Every connection of this bus holding it: the owner of a tap or
         # loopback, each port's connection of a switch.
         for conn in [c for c in br.conns.values() if c.devices.get(device.name) is not None]:

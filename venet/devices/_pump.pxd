@@ -6,6 +6,8 @@ from venet.abi cimport VENET_MAX_CHAIN, VENET_META_SIZE, VENET_META_NREASONS
 from venet.chain cimport VENET_CHAIN_MAX_IOV
 from venet.devices.port cimport venet_port_t
 from vbus._worker cimport Task
+from venet.devices.capture cimport venet_cap_tee_t
+from venet.devices._capture cimport CaptureSet
 
 cdef extern from "<sched.h>" nogil:
     ctypedef struct cpu_set_t:
@@ -71,6 +73,11 @@ cdef class Pump(Task):
     cdef pump_wake_t w
     cdef bint recent                # the last turns did work: busy-poll before arming
     cdef bint armed                 # the signals are armed (disarmed on the next turn)
+    # capture taps (venet/devices/capture.pxd): `io` is the port each batch
+    # uses, &port, or &tee.port while a capture is attached
+    cdef CaptureSet capset
+    cdef venet_cap_tee_t tee
+    cdef venet_port_t *io
     cdef uint32_t budget
     cdef int64_t poll_ns
     cdef pump_stats_t st

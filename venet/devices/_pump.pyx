@@ -55,6 +55,8 @@ from venet.devices.port cimport venet_port_t
 from venet.devices.tap_port cimport tap_port_init
 from vbus.worker cimport *
 from vbus._worker cimport Task, Worker
+from venet.devices.capture cimport venet_cap_tee_init, venet_cap_port
+from venet.devices._capture cimport CaptureSet
 
 cdef extern from "<sched.h>" nogil:
     int sched_setaffinity(int pid, size_t cpusetsize, const cpu_set_t *mask)
@@ -94,7 +96,7 @@ cdef class Pump(Task):
 
     def __init__(self, Ring inr not None, Ring outr not None, int tap_fd, *, poll_us=0,
                  int budget=64, int mtu=1500, unsigned int caps=0, Ring txc_evq=None,
-                 int bulk_cpu=-1):
+                 int bulk_cpu=-1, CaptureSet capture=None):
         """caps: the offload bits (venet.abi CAP_CSUM, CAP_TSO4, ...) both
         sides negotiated; the tap's TUNSETOFFLOAD must match them.
         txc_evq: the device's event queue (producer end), when TX
@@ -104,7 +106,9 @@ cdef class Pump(Task):
         1 Gbit/s or more) its thread runs on this CPU only, and 200 ms
         after the bulk stops it gets its CPUs back.  Give a device's two
         pumps (bridge and attach) the same CPU: their kicks to each other
-        then wake a thread on the same CPU, not across CPUs (-1: never)."""
+        then wake a thread on the same CPU, not across CPUs (-1: never).
+        capture: the device's capture taps (venet.devices._capture), which
+        see every frame the port takes or gives while one is attached."""
         if self.task.run != NULL:
             raise RuntimeError("a Pump is initialised once")
         if inr.role != 1 or outr.role != 0:
@@ -119,6 +123,9 @@ cdef class Pump(Task):
         self.inr = inr
         self.outr = outr
         tap_port_init(&self.port, tap_fd)
+        self.capset = capture
+        venet_cap_tee_init(&self.tee, &self.port, NULL if capture is None else capture.set)
+        self.io = &self.port
         self.max_plain = mtu + VENET_ETH_HLEN
         if bs < VENET_META_SIZE + VENET_ETH_HLEN:
             raise ValueError(f"buffers of {bs} bytes cannot hold a vnet header "
@@ -190,6 +197,7 @@ cdef class Pump(Task):
         cdef ioq_ring_t *r = &self.inr.r
         cdef uint32_t done = 0, n, k, seen
         self.hold = 0
+        self.io = venet_cap_port(&self.tee)
         while done < self.pop_want:
             n = venet_chain_peek(r, &seen)
             if seen == 0 or (n == 0 and not self.discard):
@@ -269,7 +277,7 @@ cdef class Pump(Task):
             return
         self.iov[0].iov_base = self.vhdr
         self.iov[0].iov_len = VENET_META_SIZE
-        w = self.port.send(&self.port, self.iov, niov + 1)
+        w = self.io.send(self.io, self.iov, niov + 1)
         if w != <ssize_t>(total + VENET_META_SIZE):
             self.st.drop_tap_write += 1
             self._txc(VENET_TXC_TAP_ERROR)
@@ -326,6 +334,7 @@ cdef class Pump(Task):
         cdef uint32_t free_ = ioq_free(r, self.read_slots)
         cdef uint32_t used = 0, frames = 0, reads = 0
         cdef int got
+        self.io = venet_cap_port(&self.tee)
         if free_ < self.read_slots:
             w.out_full = True
             self.st.out_ring_full += 1
@@ -376,7 +385,7 @@ cdef class Pump(Task):
             self.iov[1].iov_base = r.base + ioq_pair(r, 0)
             self.iov[1].iov_len = cap - to_end
             niov = 2
-        len_ = self.port.recv(&self.port, self.iov, niov)
+        len_ = self.io.recv(self.io, self.iov, niov)
         if len_ <= 0:
             if len_ < 0 and errno != EAGAIN and errno != EINTR:
                 self.st.tap_read_errors += 1
