@@ -306,9 +306,13 @@ def run(args):
 
 def _loop(cap, args, out):
     writer = PcapNgWriter(out, args.device, args.snaplen) if out is not None else None
+    emit = writer.write if writer is not None else lambda f: print(summary(f), flush=True)
     count = 0
     stopping = []
-    old = signal.signal(signal.SIGTERM, lambda *a: stopping.append(1))
+    # Ctrl-C and SIGTERM only raise a flag: a frame is never cut half
+    # written, and what the ring holds is still taken after the stop.
+    old = {sig: signal.signal(sig, lambda *a: stopping.append(1))
+           for sig in (signal.SIGTERM, signal.SIGINT)}
     sel = selectors.DefaultSelector()
     sel.register(cap.bus.sock, selectors.EVENT_READ)
     sel.register(cap.fileno(), selectors.EVENT_READ)
@@ -328,18 +332,22 @@ def _loop(cap, args, out):
                     time.sleep(COALESCE)
                 continue
             count += 1
-            if writer is not None:
-                writer.write(f)
-            else:
-                print(summary(f), flush=True)
-    except KeyboardInterrupt:
-        pass
+            emit(f)
+        # Detach first, then take what the backend put on the ring before
+        # it let go: every frame it counts as captured reaches the output.
+        counters = cap.stop()
+        while not args.count or count < args.count:
+            f = cap.next(timeout=0)
+            if f is None:
+                break
+            count += 1
+            emit(f)
     finally:
-        signal.signal(signal.SIGTERM, old)
+        for sig, h in old.items():
+            signal.signal(sig, h)
         sel.close()
         if writer is not None:
             writer.flush()
-    counters = cap.stop()
     dropped = counters["dropped"] if counters else "unknown"
     msg = f"{count} frames captured, {dropped} dropped by the capture"
     if counters and counters.get("filtered"):
