@@ -25,7 +25,7 @@ import threading
 import time
 
 import ioq
-from venet import abi, control, placement
+from venet import abi, control, logs, placement
 from venet.control import ProtocolError, field
 from venet.devices import tap as taplib
 from venet.devices._pump import Pump
@@ -179,7 +179,8 @@ class Device:
         placement.pin_this_thread(self.pin, f"device {self.name}'s pump")
         result = pump.run()
         if result == "broken":
-            log.warning("device %s: the frontend corrupted a ring index; link down", self.name)
+            log.warning("device %s: the frontend corrupted a ring index; link down", self.name,
+                        extra=logs.fields("link_down", None, self.name))
             self.link = False
 
     def event(self, etype, a=0, b=0):
@@ -205,7 +206,9 @@ class Device:
                 self._stuck = True
             else:
                 self.event(abi.EV_LINKSTATE, 0)
-                self._fold_stats(self.pump.stats())
+                session = _flatten(self.pump.stats())
+                self._fold_stats(session)
+                _log_drops(self.name, session)
             self.pump = None
             self.thread = None
             if self.is_tap:
@@ -274,6 +277,17 @@ class Device:
             self.tap_fd = -1
 
 
+def _log_drops(name, session):
+    """The drops of a pump's session, one line when there were any: the
+    pump (no Python per frame) cannot log them as they happen."""
+    drops = {k[5:]: v for k, v in session.items() if k.startswith("drop_") and v}
+    bad = {k: v for k, v in session.items() if k.endswith(".bad_total") and v}
+    if drops or bad:
+        what = ", ".join(f"{k} {v}" for k, v in sorted({**drops, **bad}.items()))
+        log.warning("device %s: frames dropped during the session that ended: %s", name, what,
+                    extra=logs.fields("drops", None, name))
+
+
 def _flatten(s, prefix=""):
     out = {}
     for k, v in s.items():
@@ -326,10 +340,13 @@ class _Burst:
     a full stderr pipe, the thing that stalls the bridge."""
     LIMIT = 10
 
-    def __init__(self):
+    def __init__(self, bus=None):
+        self.bus = bus
         self.kinds = {}         # kind -> [window start, lines in it, suppressed]
 
-    def __call__(self, level, kind, fmt, *args):
+    def __call__(self, level, kind, fmt, *args, conn=None, device=None):
+        """One line of event `kind`; its fields (venet.logs): the bus, the
+        device, the peer (conn, or the first Connection among args)."""
         now = time.monotonic()
         k = self.kinds.setdefault(kind, [now, 0, 0])
         if now - k[0] >= 1.0:
@@ -342,7 +359,9 @@ class _Burst:
             fmt += " (and %d more like it not logged)"
             args += (k[2],)
             k[2] = 0
-        log.log(level, fmt, *args)
+        if conn is None:
+            conn = next((a for a in args if isinstance(a, Connection)), None)
+        log.log(level, fmt, *args, extra=logs.fields(kind, self.bus, device, conn))
 
 
 def _farewell(sock, reason):
@@ -415,7 +434,7 @@ class Bridge:
         self.max_connections = max_connections
         self.max_per_process = max_per_process
         self._per_pid = collections.Counter()   # live connections by peer pid
-        self._log = _Burst()
+        self._log = _Burst(bus)
         self._waiting = collections.OrderedDict()  # fd -> connection that has not said HELLO
         self.max_devices = max_devices
         self.handshake_timeout = handshake_timeout
@@ -488,6 +507,9 @@ class Bridge:
                 return False
             if key.data == "listen":
                 self._accept()
+                continue
+            if callable(key.data):          # a hook run in this thread (metrics.LoopSnapshot)
+                key.data()
                 continue
             conn = key.data
             try:
@@ -646,6 +668,8 @@ class Bridge:
             if farewell and not conn.out:
                 _farewell(conn.sock, reason)
         for dev in conn.devices.values():
+            self._log(logging.INFO, "reset", "%s: device %s reset (its connection closed)", conn,
+                      dev.name, device=dev.name)
             try:
                 dev.reset()
             except Exception:
@@ -781,7 +805,9 @@ class Bridge:
             self._queue(conn, control.REPLY, reply)
             return
         self.counters["requests_refused"] += 1
-        self._log(logging.WARNING, "refused", "%s: %s refused: %s", conn, name, reason)
+        dname = body.get("device") if isinstance(body, dict) else None
+        self._log(logging.WARNING, "refused", "%s: %s refused: %s", conn, name, reason,
+                  device=dname if isinstance(dname, str) else None)
         self._queue(conn, control.ERROR, {"error": reason})
 
     def _device(self, conn, body):
@@ -832,6 +858,7 @@ class Bridge:
                               f"the most one connection may open")
             dev.owner = conn
             conn.devices[name] = dev
+            self._log(logging.INFO, "open", "%s: device %s opened", conn, name, device=name)
             return {"device": name, "mac": dev.mac, "mtu": dev.mtu, "version": abi.VERSION}
         dev = self._device(conn, body)
         if mtype == control.NEGCAP:
@@ -861,11 +888,17 @@ class Bridge:
             return {}
         if mtype == control.LINKUP:
             dev.linkup()
+            self._log(logging.INFO, "link_up", "%s: device %s link up (offloads %s)", conn, dev.name,
+                      abi.cap_names(dev.offloads), device=dev.name)
             return {"link": True}
         if mtype == control.LINKDOWN:
             dev.linkdown()
+            self._log(logging.INFO, "link_down", "%s: device %s link down", conn, dev.name,
+                      device=dev.name)
             return {"link": False}
         assert mtype == control.CLOSE
+        self._log(logging.INFO, "reset", "%s: device %s closed and reset", conn, dev.name,
+                  device=dev.name)
         dev.reset()
         conn.devices.pop(dev.name, None)
         return {}
