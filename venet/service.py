@@ -79,6 +79,10 @@ def run_bridge(args):
             br.listen()
         except OSError as e:
             raise UsageError(str(e))
+        # Before entering the tap's namespace: the endpoint serves the
+        # namespace the bridge was started in, as the control socket does.
+        from venet import metrics
+        m = _metrics(args, br.sel, lambda: [metrics.bus_snapshot(br.bus, br)])
         _enter_netns(args.netns)
         try:
             fd, created = taplib.open_tap(args.tap)
@@ -92,8 +96,6 @@ def run_bridge(args):
             dev.mac, dev.mtu = taplib.link_info(args.tap)
         except taplib.TapError as e:
             raise UsageError(str(e))
-        from venet import metrics
-        m = _metrics(args, br.sel, lambda: [metrics.bus_snapshot(br.bus, br)])
         on_stop_signals(br.stop)
         logging.info("tap %s (%s, mtu %d, offloads %s) on %s", args.tap, dev.mac, dev.mtu,
                      abi.cap_names(dev.offered[abi.CAP_GROUP_SG] & abi.OFFLOAD_CAPS), args.socket)
