@@ -289,3 +289,44 @@ def test_scrape_is_answered_while_frames_flow(metered):
         finally:
             stop.set()
             t.join(10)
+
+
+def test_a_closed_snapshot_fails_scrapes_at_once():
+    snap = metrics.LoopSnapshot(lambda: [])
+    snap.close()
+    t0 = time.monotonic()
+    with pytest.raises(RuntimeError, match="stopped"):
+        snap.take(5)
+    assert time.monotonic() - t0 < 4          # not the timeout: it knows
+    snap.close()                               # twice is harmless
+
+
+def test_text_and_json_log_lines_carry_the_event_fields():
+    import io
+    import logging
+
+    from venet import logs
+
+    class Conn:
+        id, pid, uid, gid = 3, 42, 1000, 1000
+    root = logging.getLogger()
+    for as_json in (False, True):
+        out = io.StringIO()
+        saved = root.handlers[:], root.level        # setup() takes the root logger over
+        try:
+            logs.setup("venet test", "info", as_json, stream=out)
+            logging.getLogger("venet.bridge").info("device %s opened", "d0",
+                                                   extra=logs.fields("open", "b0", "d0", Conn()))
+            logging.getLogger("venet.bridge").debug("not shown at info")
+        finally:
+            root.handlers[:] = saved[0]
+            root.setLevel(saved[1])
+        (line,) = out.getvalue().splitlines()
+        if as_json:
+            e = json.loads(line)
+            assert e["message"] == "device d0 opened" and e["event"] == "open" and e["bus"] == "b0"
+            assert e["device"] == "d0" and e["peer"] == {"conn": 3, "pid": 42, "uid": 1000, "gid": 1000}
+            assert e["program"] == "venet test" and e["level"] == "info"
+        else:
+            assert line == ("venet test: device d0 opened [event=open bus=b0 device=d0 "
+                            "peer=conn:3,pid:42,uid:1000,gid:1000]")

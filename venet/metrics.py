@@ -72,6 +72,7 @@ class LoopSnapshot:
         self._done = 0
         self._result = None
         self._error = None
+        self._closed = False
         self._one = threading.Lock()        # one scrape at a time
 
     def fileno(self):
@@ -98,25 +99,35 @@ class LoopSnapshot:
         """The snapshot, or raise TimeoutError / RuntimeError."""
         with self._one:
             with self._cond:
+                # Under the lock: close() cannot close the pipe (and its
+                # number be reused) between the check and the write.
+                if self._closed:
+                    raise RuntimeError("the control loop has stopped")
                 self._asked += 1
                 mine = self._asked
-            try:
-                os.write(self._w, b"x")
-            except BlockingIOError:
-                pass                    # the loop has wake-ups pending already
+                try:
+                    os.write(self._w, b"x")
+                except BlockingIOError:
+                    pass                # the loop has wake-ups pending already
             with self._cond:
-                if not self._cond.wait_for(lambda: self._done >= mine, timeout):
+                if not self._cond.wait_for(lambda: self._done >= mine or self._closed, timeout):
                     raise TimeoutError(f"the control loop did not answer within {timeout:g} s")
+                if self._done < mine:
+                    raise RuntimeError("the control loop has stopped")
                 if self._error is not None:
                     raise RuntimeError(self._error)
                 return self._result
 
     def close(self):
-        for fd in (self._r, self._w):
-            try:
+        """After the loop has stopped: a scrape in progress or later gets
+        RuntimeError (venet_scrape_ok 0)."""
+        with self._cond:
+            if self._closed:
+                return
+            self._closed = True
+            self._cond.notify_all()
+            for fd in (self._r, self._w):
                 os.close(fd)
-            except OSError:
-                pass
 
 
 # A device's counters (venet.bridge.Device.stats()) as metric families:
