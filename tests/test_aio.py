@@ -90,9 +90,10 @@ def test_recv_waits_for_a_frame_and_async_for(run, loopback):
                         return
             await asyncio.wait_for(take(), LIMIT)
             assert got == sent
-            data, meta = await asyncio.wait_for(
-                (lambda: (asyncio.ensure_future(dev.send(frame(70, 9))), dev.recv_frame())[1])(), LIMIT)
+            sender = asyncio.ensure_future(dev.send(frame(70, 9)))
+            data, meta = await asyncio.wait_for(dev.recv_frame(), LIMIT)
             assert data == frame(70, 9) and meta is None
+            assert await sender is True
     run(scenario())
 
 
