@@ -122,9 +122,11 @@ def test_a_failing_snapshot_is_a_failed_scrape_not_a_dead_loop():
         snap.close()
 
 
-def test_a_bridge_loop_answers_scrapes(tmp_path):
+def test_a_bridge_loop_answers_scrapes(tmp_path, caplog):
     """The bridge's own loop (Bridge.poll) runs the snapshot: tap-less
-    devices, one opened by a frontend."""
+    devices, one opened by a frontend.  A tap-less port takes no frame (a
+    counted tap_write drop): the scrape shows it, and the session's end
+    logs it as one `drops` event."""
     from venet import bridge
     devs = [bridge.Device(f"d{i}", f"d{i}", -1, False, f"02:00:00:00:00:0{i + 1}", 1500) for i in range(2)]
     br = bridge.Bridge(str(tmp_path / "bus.sock"), devs)
@@ -143,6 +145,16 @@ def test_a_bridge_loop_answers_scrapes(tmp_path):
             assert value(s, "venet_control_accepted_total", bus="default") == 1
             assert value(s, "venet_control_connections", bus="default") == 1
             assert value(s, "venet_scrape_ok") == 1
+            dev = bus.devices["d0"]
+            assert dev.send(bytes(60), timeout=5)
+            wait_until(lambda: value(scrape(m.port), "venet_device_drops_total", reason="tap_write", **base),
+                       what="the drop in the metrics")
+            with caplog.at_level("INFO", logger="venet.bridge"):
+                dev.close()
+                wait_until(lambda: [r for r in caplog.records if getattr(r, "event", None) == "drops"],
+                           what="the drops event")
+            (r,) = [r for r in caplog.records if getattr(r, "event", None) == "drops"]
+            assert r.device == "d0" and "tap_write 1" in r.getMessage()
     finally:
         br.stop()
         t.join(10)

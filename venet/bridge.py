@@ -284,8 +284,10 @@ def _log_drops(name, session):
     bad = {k: v for k, v in session.items() if k.endswith(".bad_total") and v}
     if drops or bad:
         what = ", ".join(f"{k} {v}" for k, v in sorted({**drops, **bad}.items()))
-        log.warning("device %s: frames dropped during the session that ended: %s", name, what,
-                    extra=logs.fields("drops", None, name))
+        # Rate-limited like every line a peer can cause at will (a frontend
+        # can end sessions with drops in a loop).
+        _drops_log(logging.WARNING, "drops", "device %s: frames dropped during the session that "
+                   "ended: %s", name, what, device=name)
 
 
 def _flatten(s, prefix=""):
@@ -362,6 +364,9 @@ class _Burst:
         if conn is None:
             conn = next((a for a in args if isinstance(a, Connection)), None)
         log.log(level, fmt, *args, extra=logs.fields(kind, self.bus, device, conn))
+
+
+_drops_log = _Burst()
 
 
 def _farewell(sock, reason):
