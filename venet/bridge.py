@@ -29,7 +29,7 @@ import threading
 import time
 
 import ioq
-from venet import abi, control, placement
+from venet import abi, control, logs, placement
 from venet.control import ProtocolError, field
 from venet.devices import tap as taplib
 from venet.devices._pump import Pump
@@ -195,7 +195,8 @@ class Device:
         finishes the job."""
         if pump is not self.pump:
             return
-        log.warning("device %s: the frontend corrupted a ring index; link down", self.name)
+        log.warning("device %s: the frontend corrupted a ring index; link down", self.name,
+                    extra=logs.fields("link_down", None, self.name))
         self.link = False
         if self._lock.acquire(blocking=False):
             try:
@@ -232,7 +233,9 @@ class Device:
                 self.link = False
                 return
             self.event(abi.EV_LINKSTATE, 0)
-            self._fold_stats(pump.stats())
+            session = _flatten(pump.stats())
+            self._fold_stats(session)
+            _log_drops(self.name, session)
             if self.is_tap:
                 try:
                     taplib.set_offloads(self.tap_fd, 0)
@@ -400,6 +403,19 @@ def _forget_shared():
 os.register_at_fork(after_in_child=_forget_shared)
 
 
+def _log_drops(name, session):
+    """The drops of a pump's session, one line when there were any: the
+    pump (no Python per frame) cannot log them as they happen."""
+    drops = {k[5:]: v for k, v in session.items() if k.startswith("drop_") and v}
+    bad = {k: v for k, v in session.items() if k.endswith(".bad_total") and v}
+    if drops or bad:
+        what = ", ".join(f"{k} {v}" for k, v in sorted({**drops, **bad}.items()))
+        # Rate-limited like every line a peer can cause at will (a frontend
+        # can end sessions with drops in a loop).
+        _drops_log(logging.WARNING, "drops", "device %s: frames dropped during the session that "
+                   "ended: %s", name, what, device=name)
+
+
 def _flatten(s, prefix=""):
     out = {}
     for k, v in s.items():
@@ -455,10 +471,13 @@ class _Burst:
     a full stderr pipe, the thing that stalls the bridge."""
     LIMIT = 10
 
-    def __init__(self):
+    def __init__(self, bus=None):
+        self.bus = bus
         self.kinds = {}         # kind -> [window start, lines in it, suppressed]
 
-    def __call__(self, level, kind, fmt, *args):
+    def __call__(self, level, kind, fmt, *args, conn=None, device=None):
+        """One line of event `kind`; its fields (venet.logs): the bus, the
+        device, the peer (conn, or the first Connection among args)."""
         now = time.monotonic()
         k = self.kinds.setdefault(kind, [now, 0, 0])
         if now - k[0] >= 1.0:
@@ -471,7 +490,12 @@ class _Burst:
             fmt += " (and %d more like it not logged)"
             args += (k[2],)
             k[2] = 0
-        log.log(level, fmt, *args)
+        if conn is None:
+            conn = next((a for a in args if isinstance(a, Connection)), None)
+        log.log(level, fmt, *args, extra=logs.fields(kind, self.bus, device, conn))
+
+
+_drops_log = _Burst()
 
 
 def _farewell(sock, reason):
@@ -551,7 +575,7 @@ class Bridge:
         self.max_connections = max_connections
         self.max_per_process = max_per_process
         self._per_pid = collections.Counter()   # live connections by peer pid
-        self._log = _Burst()
+        self._log = _Burst(bus)
         self._waiting = collections.OrderedDict()  # fd -> connection that has not said HELLO
         self.max_devices = max_devices
         self.handshake_timeout = handshake_timeout
@@ -625,6 +649,9 @@ class Bridge:
                 return False
             if key.data == "listen":
                 self._accept()
+                continue
+            if callable(key.data):          # a hook run in this thread (metrics.LoopSnapshot)
+                key.data()
                 continue
             conn = key.data
             try:
@@ -783,6 +810,8 @@ class Bridge:
             if farewell and not conn.out:
                 _farewell(conn.sock, reason)
         for dev in conn.devices.values():
+            self._log(logging.INFO, "reset", "%s: device %s reset (its connection closed)", conn,
+                      dev.name, device=dev.name)
             try:
                 dev.reset()
             except Exception:
@@ -919,7 +948,9 @@ class Bridge:
             self._queue(conn, control.REPLY, reply)
             return
         self.counters["requests_refused"] += 1
-        self._log(logging.WARNING, "refused", "%s: %s refused: %s", conn, name, reason)
+        dname = body.get("device") if isinstance(body, dict) else None
+        self._log(logging.WARNING, "refused", "%s: %s refused: %s", conn, name, reason,
+                  device=dname if isinstance(dname, str) else None)
         self._queue(conn, control.ERROR, {"error": reason})
 
     def _device(self, conn, body):
@@ -1045,6 +1076,7 @@ class Bridge:
                 return {"device": name, "mac": port.mac, "mtu": port.mtu, "version": abi.VERSION}
             dev.owner = conn
             conn.devices[name] = dev
+            self._log(logging.INFO, "open", "%s: device %s opened", conn, name, device=name)
             return {"device": name, "mac": dev.mac, "mtu": dev.mtu, "version": abi.VERSION}
         dev = self._device(conn, body)
         if mtype == control.NEGCAP:
@@ -1074,11 +1106,17 @@ class Bridge:
             return {}
         if mtype == control.LINKUP:
             dev.linkup()
+            self._log(logging.INFO, "link_up", "%s: device %s link up (offloads %s)", conn, dev.name,
+                      abi.cap_names(dev.offloads), device=dev.name)
             return {"link": True}
         if mtype == control.LINKDOWN:
             dev.linkdown()
+            self._log(logging.INFO, "link_down", "%s: device %s link down", conn, dev.name,
+                      device=dev.name)
             return {"link": False}
         assert mtype == control.CLOSE
+        self._log(logging.INFO, "reset", "%s: device %s closed and reset", conn, dev.name,
+                  device=dev.name)
         dev.reset()
         conn.devices.pop(dev.name, None)
         return {}

@@ -114,6 +114,7 @@ def build_parser():
                          "error (default 256)")
     br.add_argument("--max-per-process", type=_max_per_proc, default=64, metavar="N",
                     help="connections one process may hold at once (default 64)")
+    _ops_options(br)
     br.set_defaults(func=_cmd_bridge)
 
     at = sub.add_parser("attach", help="a frontend that shows the device as a tap of its own")
@@ -133,9 +134,22 @@ def build_parser():
                          "carrier down and waiting for a bridge to serve the socket again")
     at.set_defaults(func=_cmd_attach)
 
-    st = sub.add_parser("stats", help="per-device counters of a running bridge")
-    st.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH")
-    st.add_argument("--json", action="store_true", help="print JSON")
+    st = sub.add_parser("stats", help="per-device counters of a running bridge or daemon bus")
+    where = st.add_mutually_exclusive_group()
+    where.add_argument("--socket", default=DEFAULT_SOCKET, metavar="PATH",
+                       help=f"a bridge's control socket (default {DEFAULT_SOCKET})")
+    where.add_argument("--bus", type=_busname, metavar="NAME",
+                       help="a bus of the daemon of --run-dir (its socket RUN_DIR/bus/NAME.sock)")
+    st.add_argument("--run-dir", default=DEFAULT_RUN_DIR, metavar="DIR",
+                    help=f"the daemon's run directory, with --bus (default {DEFAULT_RUN_DIR})")
+    st.add_argument("--json", action="store_true", help="print JSON (with --watch: one object a line)")
+    st.add_argument("--watch", action="store_true",
+                    help="live rates per device (frames/s, bytes/s, drops/s by reason, kicks/s) "
+                         "until Ctrl-C")
+    st.add_argument("--interval", type=_interval, default=1.0, metavar="S",
+                    help="seconds between samples with --watch (0.1..3600, default 1)")
+    st.add_argument("--count", type=_count, metavar="N",
+                    help="with --watch: stop after N samples")
     st.set_defaults(func=_cmd_stats)
 
     cp = sub.add_parser("capture", help="frames of a running device, to pcapng (-w) or as lines")
@@ -181,7 +195,7 @@ def _admin_parsers(sub):
     dn.add_argument("--config", metavar="FILE", help="TOML config, or the JSON of `venet tree --json`")
     dn.add_argument("--run-dir", default=DEFAULT_RUN_DIR, metavar="DIR",
                     help=f"admin.sock and bus/NAME.sock here (default {DEFAULT_RUN_DIR})")
-    dn.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    _ops_options(dn)
     dn.add_argument("--workers", type=_workers, default=None, metavar="N",
                     help="worker threads serving every device's pump (1..256; default: one per usable CPU)")
     dn.set_defaults(func=_cmd_daemon)
@@ -256,6 +270,41 @@ def _admin_parsers(sub):
 
     tr = sub.add_parser("tree", help="the whole registry (--json: a config `venet daemon` accepts)")
     admin(tr, lambda a: {"op": "tree"}, show_tree)
+
+
+def _ops_options(parser):
+    """--metrics, --log-level and --log-json of `venet daemon` and `venet bridge`."""
+    parser.add_argument("--metrics", type=_metrics_addr, metavar="HOST:PORT",
+                        help="serve Prometheus metrics on http://HOST:PORT/metrics (HOST defaults "
+                             "to 127.0.0.1; default: no metrics)")
+    parser.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"))
+    parser.add_argument("--log-json", action="store_true", help="log one JSON object per line")
+
+
+def _metrics_addr(text):
+    from venet.metrics import parse_address
+    try:
+        return parse_address(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
+
+
+def _interval(text):
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--interval must be a number of seconds, not {text!r}")
+    if not 0.1 <= v <= 3600:
+        raise argparse.ArgumentTypeError("--interval must be 0.1..3600 seconds")
+    return v
+
+
+def _busname(text):
+    import vbus
+    try:
+        return vbus.names.check_name(text, "bus name")
+    except vbus.VbusError as e:
+        raise argparse.ArgumentTypeError(str(e))
 
 
 def _id(text):
@@ -355,6 +404,7 @@ _repeats = _int_option("--repeats", 1, 20)
 _max_conns = _int_option("--max-connections", 1, 65536)
 _max_per_proc = _int_option("--max-per-process", 1, 65536)
 _workers = _int_option("--workers", 1, 256)
+_count = _int_option("--count", 1, 1_000_000)
 
 
 def _cpu(text):

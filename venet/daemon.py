@@ -138,6 +138,8 @@ class Daemon(vbus.Observer):
                     return
                 if what == "admin":
                     self._admin_accept()
+                elif callable(what):        # a hook run in this thread (metrics.LoopSnapshot)
+                    what()
                 elif isinstance(what, tuple):
                     self._refuse_now(what[1])
                 elif isinstance(what, bridge.Bridge):
@@ -238,7 +240,8 @@ class Daemon(vbus.Observer):
         for conn in [c for c in br.conns.values() if c.devices.get(device.name) is not None]:
             held = conn.devices.pop(device.name)
             reason = f"device '{device.name}' was removed from bus '{bus.name}'"
-            log.info("%s: %s while open: link down, connection closed", conn, reason)
+            br._log(logging.INFO, "reset", "%s: %s while open: link down, connection closed", conn,
+                    reason, device=device.name)
             # reset() stops the pump and posts the link-down event before it
             # unmaps the frontend's memory; closing the connection then makes
             # the frontend's next call raise LinkDown.

@@ -2,9 +2,11 @@
 import json
 import logging
 import os
+import selectors
 import signal
 import sys
 import threading
+import time
 
 from venet import control
 from venet.errors import UsageError
@@ -50,6 +52,29 @@ def bridge_bus_name(socket_path):
         return "default"
 
 
+def _logging(prog, args):
+    from venet import logs
+    logs.setup(prog, getattr(args, "log_level", "info"), getattr(args, "log_json", False))
+
+
+def _metrics(args, sel, snapshot):
+    """Start the --metrics endpoint (None without the option); its scrapes
+    are answered by the loop that owns `sel` (venet.metrics)."""
+    if getattr(args, "metrics", None) is None:
+        return None
+    from venet import metrics
+    m = metrics.MetricsServer(args.metrics, snapshot)
+    try:
+        m.start()
+    except OSError as e:
+        m.close()
+        raise UsageError(str(e))
+    sel.register(m.snapshot, selectors.EVENT_READ, m.snapshot)
+    logging.info("metrics on http://%s:%d/metrics", m.host if ":" not in m.host else f"[{m.host}]",
+                 m.port)
+    return m
+
+
 def run_bridge(args):
     """`venet bridge --tap ...`: a daemon (venet.daemon) holding one bus,
     served on --socket, with one venet-tap device; its run dir (the admin
@@ -60,7 +85,7 @@ def run_bridge(args):
     import vbus
     from venet import abi, classes, daemon
     from venet.devices import tap as taplib
-    logging.basicConfig(level=logging.INFO, format="venet bridge: %(message)s", stream=sys.stderr)
+    _logging("venet bridge", args)
     if os.geteuid() != 0:
         raise UsageError("venet bridge needs root (CAP_NET_ADMIN) to create taps")
     os.makedirs(os.path.dirname(os.path.abspath(args.socket)), mode=0o755, exist_ok=True)
@@ -84,11 +109,15 @@ def run_bridge(args):
     d = daemon.Daemon(run_dir, reg, bus_sockets={bus: {
         "path": args.socket, "group": args.group, "max_connections": args.max_connections,
         "max_per_process": args.max_per_process}})
+    m = None
     try:
         try:
             d.start()       # claims the socket first: a taken path fails before any tap is made
         except OSError as e:
             raise UsageError(str(e))
+        # The metrics endpoint serves the namespace the bridge was started in
+        # (the tap is made in its own namespace on a thread of its own).
+        m = _metrics(args, d.sel, lambda: _daemon_snapshot(d))
         attrs = {"ifname": args.tap, "netns": args.netns or "", "mac": args.mac or "",
                  "offloads": abi.cap_names(args.offloads),
                  "poll_us": args.poll_us, "cpu": str(args.cpu)}
@@ -113,9 +142,13 @@ def run_bridge(args):
         d.run()
     finally:
         try:
-            d.close()       # closing the tap fd removes a tap we created
+            if m is not None:
+                m.close()
         finally:
-            shutil.rmtree(run_dir, ignore_errors=True)
+            try:
+                d.close()       # closing the tap fd removes a tap we created
+            finally:
+                shutil.rmtree(run_dir, ignore_errors=True)
     return 0
 
 
@@ -258,12 +291,33 @@ def _attach_loop(bus, dev, att, stop, up, reconnect):
     return 0
 
 
-def run_stats(args):
+def _stats_socket(args):
+    """The bus socket of `venet stats`: --socket, or --bus in --run-dir."""
+    if getattr(args, "bus", None):
+        return os.path.join(args.run_dir, "bus", args.bus + ".sock")
+    return args.socket
+
+
+def _stats_connect(args):
     from venet import frontend
+    path = _stats_socket(args)
     try:
-        bus = frontend.connect(args.socket)
-    except (FileNotFoundError, PermissionError, ConnectionRefusedError) as e:
+        return frontend.connect(path)
+    except FileNotFoundError as e:
+        if getattr(args, "bus", None):
+            raise UsageError(f"no bus {args.bus!r} served in {args.run_dir} (no {path})")
         raise UsageError(str(e))
+    except (PermissionError, ConnectionRefusedError) as e:
+        raise UsageError(str(e))
+    except control.RemoteError as e:
+        raise UsageError(f"bridge refused: {e}")
+
+
+def run_stats(args):
+    bus = _stats_connect(args)
+    if getattr(args, "watch", False):
+        with bus:
+            return _watch(bus, args)
     with bus:
         s = bus.stats()
     if args.json:
@@ -294,11 +348,146 @@ def run_stats(args):
     return 0
 
 
+# ---- venet stats --watch --------------------------------------------------
+
+# The counters a rate is shown for: (column, counter keys summed).
+RATE_COLUMNS = (
+    ("tx_frames", ("to_tap_frames",)),
+    ("tx_bytes", ("to_tap_bytes",)),
+    ("rx_frames", ("from_tap_frames",)),
+    ("rx_bytes", ("from_tap_bytes",)),
+    ("kicks", ("in_ring.kicks_sent", "out_ring.kicks_sent")),
+)
+
+
+def _drop_keys(counters):
+    """Reasons a frame was dropped, as counter keys: the pump's drop_*
+    and the rings' bad descriptors."""
+    return sorted(k for k in counters if k.startswith("drop_") or k.endswith(".bad_total"))
+
+
+def _reason(key):
+    return key[5:] if key.startswith("drop_") else key.replace("_ring.bad_total", "_ring_bad")
+
+
+def rates(prev, cur, dt):
+    """Per-second rates of each device in `cur` (a STATS reply) against
+    `prev` (the one before, dt seconds earlier): a list of dicts with
+    device, link, the RATE_COLUMNS, drops (the sum) and drops_by (reason
+    -> rate, non-zero ones only).  A device new since `prev`, or whose
+    counters went back (recreated), is measured from zero."""
+    before = {d["device"]: d["counters"] for d in (prev or {}).get("devices", ())}
+    out = []
+    for d in cur.get("devices", ()):
+        c, p = d["counters"], before.get(d["device"])
+        if p is not None and any(c.get(k, 0) < v for k, v in p.items()):
+            p = None
+        p = p or {}
+
+        def rate(keys):
+            return sum(c.get(k, 0) - p.get(k, 0) for k in keys) / dt
+        row = {"device": d["device"], "link": bool(d["link"]), "busy": bool(d["busy"])}
+        for col, keys in RATE_COLUMNS:
+            row[col] = rate(keys)
+        by = {_reason(k): rate((k,)) for k in _drop_keys(c)}
+        row["drops_by"] = {k: v for k, v in by.items() if v}
+        row["drops"] = sum(by.values())
+        out.append(row)
+    return out
+
+
+def _si(v, unit=""):
+    for div, prefix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
+        if abs(v) >= div:
+            return f"{v / div:.2f} {prefix}{unit}"
+    return f"{v:.1f} {unit}".rstrip()
+
+
+def _line(row, now):
+    drops = ", ".join(f"{k} {_si(v)}/s" for k, v in sorted(row["drops_by"].items()))
+    return (f"{now} {row['device']} link {'up' if row['link'] else 'down'}"
+            f" tx {_si(row['tx_frames'])} frames/s {_si(row['tx_bytes'], 'B')}/s"
+            f" rx {_si(row['rx_frames'])} frames/s {_si(row['rx_bytes'], 'B')}/s"
+            f" drops {_si(row['drops'])}/s{' (' + drops + ')' if drops else ''}"
+            f" kicks {_si(row['kicks'])}/s")
+
+
+def _table(rows, interval, title):
+    from rich.table import Table
+    t = Table(title=title, caption=f"rates over {interval:g} s; Ctrl-C ends")
+    for name, just in (("device", "left"), ("link", "left"), ("tx frames/s", "right"),
+                       ("tx bytes/s", "right"), ("rx frames/s", "right"), ("rx bytes/s", "right"),
+                       ("drops/s", "right"), ("drops by reason", "left"), ("kicks/s", "right")):
+        t.add_column(name, justify=just)
+    for r in rows:
+        t.add_row(r["device"], "up" if r["link"] else "down", _si(r["tx_frames"]),
+                  _si(r["tx_bytes"], "B"), _si(r["rx_frames"]), _si(r["rx_bytes"], "B"),
+                  _si(r["drops"]), ", ".join(f"{k} {_si(v)}" for k, v in sorted(r["drops_by"].items())),
+                  _si(r["kicks"]))
+    return t
+
+
+def _watch(bus, args):
+    """Rates every --interval seconds (monotonic clock, the interval
+    measured, not assumed) until Ctrl-C or --count samples; a rich table
+    updated in place on a terminal, else one line per device per sample
+    (JSON with --json).  Exit status 1 if the bridge goes away."""
+    from venet import frontend
+    interval, left = args.interval, args.count
+    live = None
+    if sys.stdout.isatty() and not args.json:
+        from rich.live import Live
+        live = Live(_table([], interval, f"venet stats: {_stats_socket(args)}"),
+                    auto_refresh=False, transient=False)
+    try:
+        if live is not None:
+            live.start()
+        prev, t_prev = bus.stats(), time.monotonic()
+        tick = t_prev
+        while left is None or left > 0:
+            tick += interval
+            time.sleep(max(0.0, tick - time.monotonic()))
+            try:
+                cur = bus.stats()
+            except (OSError, control.ProtocolError, frontend.LinkDown) as e:
+                print(f"venet: the bridge on {_stats_socket(args)} went away ({e})", file=sys.stderr)
+                return 1
+            now = time.monotonic()
+            dt = now - t_prev
+            rows = rates(prev, cur, dt)
+            prev, t_prev = cur, now
+            stamp = time.strftime("%H:%M:%S")
+            if live is not None:
+                live.update(_table(rows, interval, f"venet stats: {_stats_socket(args)}  {stamp}"),
+                            refresh=True)
+            elif args.json:
+                print(json.dumps({"time": time.time(), "interval": round(dt, 6),
+                                  "devices": rows}), flush=True)
+            else:
+                for r in rows:
+                    print(_line(r, stamp), flush=True)
+            if tick < now - interval:       # fell behind (a stopped process): no catch-up burst
+                tick = now
+            if left is not None:
+                left -= 1
+    except KeyboardInterrupt:
+        return 0
+    except BrokenPipeError:             # `venet stats --watch | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return 0
+    finally:
+        if live is not None:
+            live.stop()
+    return 0
+
+
 def run_daemon(args):
     import vbus
     from venet import daemon
-    logging.basicConfig(level=getattr(logging, args.log_level.upper()), format="venet daemon: %(message)s",
-                        stream=sys.stderr)
+    _logging("venet daemon", args)
     reg = None
     if args.config:
         try:
@@ -307,18 +496,39 @@ def run_daemon(args):
         except vbus.VbusError as e:
             raise UsageError(str(e))
     d = daemon.Daemon(args.run_dir, reg, workers=args.workers)
+    m = None
     try:
         try:
             d.start()
         except OSError as e:
             raise UsageError(str(e))
+        m = _metrics(args, d.sel, lambda: _daemon_snapshot(d))
         on_stop_signals(d.stop)
         logging.info("serving %s (%d buses, %d devices)", d.run_dir, len(d.reg.buses()), len(d.reg.devices()))
         print(f"ready {d.admin_path}", flush=True)
         d.run()
     finally:
-        d.close()
+        try:
+            if m is not None:
+                m.close()
+        finally:
+            d.close()
     return 0
+
+
+def _daemon_snapshot(d):
+    """Every bus of the daemon, for a scrape (run in the daemon's loop)."""
+    from venet import metrics
+    out = []
+    for name, br in list(d.bridges.items()):
+        classes = {}
+        for dname in list(br.devices):
+            try:
+                classes[dname] = d.reg.device(dname).class_name
+            except Exception:       # gone meanwhile: the class is unknown, the counters are not
+                classes[dname] = ""
+        out.append(metrics.bus_snapshot(name, br, classes))
+    return out
 
 
 def run_admin(args):
