@@ -66,12 +66,21 @@ def run_bridge(args):
             dev.mac, dev.mtu = taplib.link_info(args.tap)
         except taplib.TapError as e:
             raise UsageError(str(e))
+        if args.vhost_user:
+            from venet.vhost.backend import Connector
+            path, client = args.vhost_user
+            try:
+                vhost = Connector(dev, path, client=client, poll_us=args.poll_us).start()
+            except OSError as e:
+                raise UsageError(f"--vhost-user {path}: {e.strerror or e}")
         on_stop_signals(br.stop)
         logging.info("tap %s (%s, mtu %d, offloads %s) on %s", args.tap, dev.mac, dev.mtu,
                      abi.cap_names(dev.offered[abi.CAP_GROUP_SG] & abi.OFFLOAD_CAPS), args.socket)
         print(f"ready {args.socket}", flush=True)
         br.serve()
     finally:
+        if vhost is not None:
+            vhost.close()   # first: the engine stops before the tap is closed
         br.close()          # closing the tap fd removes a tap we created
     return 0
 

@@ -552,6 +552,8 @@ cdef class Engine:
         d.max_plain = mtu + VENET_ETH_HLEN
         d.budget = budget
         d.port_ready = True
+        # The port is the device's own fd: never read blocking.
+        os.set_blocking(port_fd, False)
         tap_port_init(&d.port, port_fd)
         d.bounce_cap = VQ_HDR_ROOM + VENET_MAX_GSO_FRAME
         d.bounce = <char *>calloc(1, d.bounce_cap)

@@ -495,6 +495,12 @@ class Connector:
         _close(self._stop_w)
         self._stop_r = self._stop_w = -1
 
+    def drop(self, reason):
+        """Close the current driver's connection (it may come back)."""
+        with self.lock:
+            if self.session is not None:
+                self._closed(self.session, reason)
+
     def _serve(self):
         while True:
             timeout = 0.5
