@@ -523,3 +523,27 @@ def test_event_idx_suppresses_calls(served):
     wait_until(lambda: d.used_idx(1) == 3, 5, "TX buffers returned")
     s = c.stats()
     assert s["calls_sent"] <= 1 and s["calls_suppressed"] >= 1
+
+
+def test_loopback_device_attribute(tmp_path):
+    """venet-loopback with vhost_user set: what the driver sends comes back
+    to it; clearing the attribute closes the socket."""
+    from venet.classes import LoopbackClass
+    path = str(tmp_path / "lo.sock")
+    cls = LoopbackClass()
+    inst = cls.create("lo0", {"mtu": 1500, "mac": "", "vhost_user": path})
+    d = None
+    try:
+        d = Driver(path)
+        d.setup()
+        wait_until(lambda: inst.counters().get("vhost_rings_live"), 5, "the rings to go live")
+        d.post_rx(4)
+        d.tx(frame(100, b"loop"))
+        assert wait_until(lambda: d.rx_frames(), 5, "the frame back") == [frame(100, b"loop")]
+        inst.set("vhost_user", "")
+        assert not os.path.exists(path)
+        assert inst.dev.owner is None
+    finally:
+        if d is not None:
+            d.close()
+        inst.destroy()

@@ -157,4 +157,5 @@ cdef class Engine:
     cdef int epfd
     cdef int stop_fd
     cdef readonly bint running
+    cdef readonly int resynced          # queues resumed from the used idx, not the base given
     cdef _add(self, int fd, uint64_t tag, uint32_t extra)

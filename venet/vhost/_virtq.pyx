@@ -579,6 +579,14 @@ cdef class Engine:
                 raise ValueError(f"queue {i}: a ring address is misaligned")
             q.last_avail = cfg["base"]
             q.used_idx = cfg["base"]
+            # A driver that reconnects to a new backend may give base 0
+            # while its rings are far along (DPDK's virtio-user does): the
+            # used idx in memory is where service stopped, since every
+            # chain taken was returned at once.  Resumed from there.
+            used_now = vq_load_acquire_u16(q.used + 2)
+            if used_now != q.used_idx:
+                q.last_avail = q.used_idx = used_now
+                self.resynced += 1
             q.call_fd = cfg["call_fd"]
             q.armed = True          # the driver starts with notifications on
             q.ready = True
@@ -693,6 +701,7 @@ cdef class Engine:
         bad = s.pop("bad")
         for i in range(1, VQ_NREASONS):
             s["drop_" + REASONS[i]] = bad[i]
+        s["base_resyncs"] = self.resynced
         s["rx_queue_broken"] = int(self.d.q[VQ_RX].broken)
         s["tx_queue_broken"] = int(self.d.q[VQ_TX].broken)
         return s
