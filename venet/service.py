@@ -48,6 +48,7 @@ def run_bridge(args):
     br = bridge.Bridge(args.socket, [], group=args.group,
                        max_connections=args.max_connections,
                        max_per_process=args.max_per_process)
+    vhost = None
     try:
         try:
             br.listen()
