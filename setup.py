@@ -26,7 +26,7 @@ from setuptools import Extension, setup
 from setuptools.command.build_ext import build_ext
 
 DEBUG = os.environ.get("VENET_DEBUG") == "1"
-INCLUDE = ["shmsignal/includes", "ioq/includes", "venet/includes"]
+INCLUDE = ["shmsignal/includes", "ioq/includes", "venet/includes", "venet/vhost/includes"]
 CFLAGS = ["-O0", "-g"] if DEBUG else ["-O2", "-march=x86-64-v2" if os.uname().machine == "x86_64" else "-O2"]
 ASAN = ["-fsanitize=address", "-fno-omit-frame-pointer"] if os.environ.get("VENET_ASAN") == "1" else []
 
@@ -44,6 +44,7 @@ MODULES = [
     "venet.devices._pump",
     "venet._frames",
     "venet.devices._switch",
+    "venet.vhost._virtq",
 ]
 
 

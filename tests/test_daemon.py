@@ -132,7 +132,8 @@ def test_admin_round_trip_through_the_cli(dmn):
     assert os.path.exists(buses[0]["socket"])
     assert dmn.cli("device", "set", "lo0", "mtu=1500").returncode == 0
     t = json.loads(dmn.cli("tree", "--json").stdout)
-    assert t["devices"]["lo0"]["attributes"] == {"mtu": 1500, "mac": "02:aa:00:00:00:01"}
+    assert t["devices"]["lo0"]["attributes"] == {"mtu": 1500, "mac": "02:aa:00:00:00:01",
+                                               "vhost_user": ""}
     assert t["devices"]["lo0"]["class"] == "venet-loopback"
     assert t["devices"]["lo0"]["interface"] == "virtual-ethernet"
     assert dmn.cli("bus", "allow", "t1", "--uid", "1234").returncode == 0
@@ -430,8 +431,9 @@ def test_venet_classes_are_entry_points_and_importable():
         mod, attr = target.split(":")
         cls = getattr(importlib.import_module(mod), attr)
         assert cls.name == name and cls.interface == "virtual-ethernet"
-    assert {a.name for a in TapClass.attrs} == {"ifname", "netns", "mtu", "mac", "offloads", "poll_us", "cpu"}
-    assert {a.name for a in LoopbackClass.attrs} == {"mtu", "mac"}
+    assert {a.name for a in TapClass.attrs} == {"ifname", "netns", "mtu", "mac", "offloads", "poll_us", "cpu",
+                                              "vhost_user"}
+    assert {a.name for a in LoopbackClass.attrs} == {"mtu", "mac", "vhost_user"}
 
 
 def test_scapy_socket_works_against_a_daemon_bus(dmn):

@@ -61,6 +61,20 @@ def _ifname(text):
     return text
 
 
+def _vhost_user(text):
+    """`PATH[,client]`: a vhost-user socket through which a virtio driver
+    reaches the device (docs/vhost-user.md); empty: none."""
+    if text == "":
+        return text
+    from venet.vhost.backend import parse_spec
+    path, client = parse_spec(text)
+    return path + (",client" if client else "")
+
+
+_VHOST = Attr("vhost_user", str, "", max_len=120, check=_vhost_user, live=True,
+              doc="PATH[,client]: serve the device to a virtio driver over vhost-user (empty: none)")
+
+
 def default_mac(name):
     """A stable locally administered unicast MAC for a device name."""
     h = hashlib.sha256(name.encode()).digest()
@@ -75,9 +89,26 @@ class _Instance(DeviceInstance):
 
     def __init__(self, dev):
         self.dev = dev
+        self.vhost = None           # the vhost-user Connector, while vhost_user is set
+
+    def vhost_user(self, value):
+        """Serve the device over vhost-user at `value` (PATH[,client]), or stop."""
+        from venet.vhost.backend import Connector, parse_spec
+        if self.vhost is not None:
+            self.vhost.close()
+            self.vhost = None
+        if value:
+            path, client = parse_spec(value)
+            try:
+                self.vhost = Connector(self.dev, path, client=client,
+                                       poll_us=getattr(self.dev, "poll_us", 0)).start()
+            except OSError as e:
+                raise VbusDeviceError(f"vhost_user {path}: {e.strerror or e}") from None
 
     def set(self, name, value):
-        if name == "mac":
+        if name == "vhost_user":
+            self.vhost_user(value)
+        elif name == "mac":
             self.dev.mac = value or default_mac(self.dev.name)
         elif name == "mtu":
             self.dev.mtu = value
@@ -87,13 +118,21 @@ class _Instance(DeviceInstance):
             self.dev.cpu = value if value in (placement.AUTO, placement.ANY) else int(value)
 
     def reset(self):
+        if self.vhost is not None:
+            self.vhost.drop("the device was reset")
         self.dev.reset()
 
     def counters(self):
         c = self.dev.stats()["counters"]
-        return {k: v for k, v in c.items() if "." not in k}
+        out = {k: v for k, v in c.items() if "." not in k}
+        if self.vhost is not None:
+            out.update({"vhost_" + k: v for k, v in self.vhost.stats().items()})
+        return out
 
     def destroy(self):
+        if self.vhost is not None:
+            self.vhost.close()
+            self.vhost = None
         self.dev.close()
 
 
@@ -122,6 +161,7 @@ class LoopbackClass(DeviceClass):
     attrs = (
         Attr("mtu", int, 1500, **_MTU, doc="largest payload"),
         Attr("mac", str, "", max_len=17, check=_mac, doc="the device's MAC (empty: derived from the name)"),
+        _VHOST,
     )
 
     def create(self, name, attrs):
@@ -137,7 +177,18 @@ class LoopbackClass(DeviceClass):
         # sent it, which negotiated the same offloads, so a GSO super-frame or
         # a partial checksum goes back as it came, its record unchanged.
         dev.offered[abi.CAP_GROUP_SG] = abi.CAP_SG | abi.OFFLOAD_CAPS
-        return _Instance(dev)
+        return _started(_Instance(dev), attrs)
+
+
+def _started(inst, attrs):
+    """The instance, serving vhost-user if its attributes say so."""
+    if attrs.get("vhost_user"):
+        try:
+            inst.vhost_user(attrs["vhost_user"])
+        except BaseException:
+            inst.destroy()
+            raise
+    return inst
 
 
 def _in_netns(netns, fn):
@@ -179,6 +230,7 @@ class TapClass(DeviceClass):
         Attr("offloads", str, "all", max_len=64, check=_offloads),
         Attr("poll_us", int, 0, min=0, max=1_000_000, live=True),
         Attr("cpu", str, placement.AUTO, max_len=8, check=_cpu),
+        _VHOST,
     )
 
     def create(self, name, attrs):
@@ -211,7 +263,7 @@ class TapClass(DeviceClass):
         except BaseException:
             os.close(fd)
             raise
-        return _TapInstance(dev, attrs["netns"])
+        return _started(_TapInstance(dev, attrs["netns"]), attrs)
 
 
 class _TapInstance(_Instance):

@@ -115,6 +115,9 @@ def build_parser():
     br.add_argument("--max-per-process", type=_max_per_proc, default=64, metavar="N",
                     help="connections one process may hold at once (default 64)")
     _ops_options(br)
+    br.add_argument("--vhost-user", type=_vhost_user, metavar="PATH[,client]",
+                    help="also serve the device to a virtio driver (QEMU, DPDK) on this vhost-user "
+                         "socket; ',client': dial the driver's socket (its server=1) instead")
     br.set_defaults(func=_cmd_bridge)
 
     at = sub.add_parser("attach", help="a frontend that shows the device as a tap of its own")
@@ -429,6 +432,14 @@ def _group(text):
         return int(text) if text.isdigit() else grp.getgrnam(text).gr_gid
     except KeyError:
         raise argparse.ArgumentTypeError(f"no group {text!r}")
+
+
+def _vhost_user(text):
+    from venet.vhost.backend import parse_spec
+    try:
+        return parse_spec(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e))
 
 
 def _cmd_bridge(args):

@@ -121,6 +121,11 @@ def run_bridge(args):
         attrs = {"ifname": args.tap, "netns": args.netns or "", "mac": args.mac or "",
                  "offloads": abi.cap_names(args.offloads),
                  "poll_us": args.poll_us, "cpu": str(args.cpu)}
+        if args.vhost_user:
+            # The device's vhost_user attribute: a virtio driver may take the
+            # frontend's place on it (docs/vhost-user.md).
+            path, client = args.vhost_user
+            attrs["vhost_user"] = path + (",client" if client else "")
         try:
             # Without --mtu an existing tap keeps its MTU (a new one has 1500).
             attrs["mtu"] = args.mtu or classes._in_netns(args.netns, lambda: _tap_mtu(args.tap))

@@ -1,0 +1,161 @@
+# The virtqueue engine: a device's data plane served to a virtio-net
+# driver over split virtqueues (the ring side), against the device's port
+# (venet/devices/port.pxd, the port side the venet pump uses too).
+#
+# Who writes what (include/uapi/linux/virtio_ring.h):
+#   descriptor table   the driver; read once per descriptor into private memory
+#   avail ring         the driver (flags, idx, ring[], used_event at ring[num])
+#   used ring          this engine (flags, idx, ring[], avail_event at ring[num])
+# Every guest address is translated through the memory table (vq_region_t)
+# and bounds-checked before use; nothing read from shared memory is read twice.
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
+from posix.uio cimport iovec
+from venet.devices.port cimport venet_port_t
+
+cdef extern from "vq_atomics.h" nogil:
+    uint16_t vq_load_acquire_u16(const void *p)
+    uint16_t vq_load_relaxed_u16(const void *p)
+    void vq_store_release_u16(void *p, uint16_t v)
+    void vq_store_relaxed_u16(void *p, uint16_t v)
+    void vq_store_relaxed_u32(void *p, uint32_t v)
+    void vq_fence()
+
+cdef enum:
+    VQ_MAX_REGIONS = 8          # VHOST_MEMORY_BASELINE_NREGIONS
+    VQ_MAX_SIZE = 32768         # the largest split queue
+    VQ_MAX_SEGS = 1024          # buffers of one chain (IOV_MAX for writev)
+    VQ_RX = 0                   # virtio-net queue 0: device -> driver
+    VQ_TX = 1                   # queue 1: driver -> device
+    VQ_HDR_ROOM = 12            # virtio_net_hdr_mrg_rxbuf
+    # vring_desc.flags
+    VRING_DESC_F_NEXT = 1
+    VRING_DESC_F_WRITE = 2
+    VRING_DESC_F_INDIRECT = 4
+    VRING_USED_F_NO_NOTIFY = 1
+    VRING_AVAIL_F_NO_INTERRUPT = 1
+    # A task turn's result (the worker pool's contract)
+    TASK_IDLE = 0               # notifications armed and re-checked: sleep
+    TASK_MORE = 1               # work is left: run again
+    TASK_DONE = 2               # stopped: never run again
+    # events given to a turn
+    VQ_EV_PORT = 1              # the port's fd was readable
+    VQ_EV_KICK = 2              # a kick eventfd fired
+    # why a chain was refused (vq_stats_t.bad[])
+    VQ_OK = 0
+    VQ_BAD_INDEX = 1            # a descriptor index past the table
+    VQ_BAD_LOOP = 2             # a loop, or a chain longer than its table
+    VQ_BAD_ADDR = 3             # a buffer outside the memory table
+    VQ_BAD_INDIRECT = 4         # an indirect table of a bad size, or with NEXT
+    VQ_BAD_NESTED = 5           # an indirect table inside an indirect table
+    VQ_BAD_DIR = 6              # a buffer of the wrong direction (read/write)
+    VQ_BAD_LONG = 7             # more than VQ_MAX_SEGS buffers
+    VQ_BAD_SHORT = 8            # shorter than the virtio header and an Ethernet header
+    VQ_NREASONS = 9
+
+
+cdef struct vring_desc_t:
+    uint64_t addr
+    uint32_t len
+    uint16_t flags
+    uint16_t next
+
+
+cdef struct vq_region_t:
+    uint64_t gpa                # guest physical address (descriptors)
+    uint64_t size
+    uint64_t uva                # the driver's own address (ring addresses)
+    char *host                  # our mapping of gpa
+
+
+cdef struct vq_seg_t:
+    char *p
+    uint32_t len
+
+
+cdef struct vq_t:
+    uint32_t num                # queue size (a power of 2)
+    uint32_t mask
+    char *desc                  # vring_desc_t[num]
+    char *avail                 # flags, idx, ring[num], used_event
+    char *used                  # flags, idx, {id, len}[num], avail_event
+    uint16_t last_avail         # private: the next avail entry to take
+    uint16_t used_idx           # private: the next used entry to fill
+    uint16_t signalled          # used_idx when the driver was last considered for a call
+    bint signalled_valid
+    bint armed                  # notifications from the driver enabled
+    bint ready
+    bint broken                 # the driver broke the ring: no more service
+    int call_fd                 # -1: the driver polls
+
+
+cdef struct vq_stats_t:
+    uint64_t tx_frames          # driver -> port
+    uint64_t tx_bytes
+    uint64_t rx_frames          # port -> driver
+    uint64_t rx_bytes
+    uint64_t rx_buffers         # used entries for RX (more than frames with mergeable buffers)
+    uint64_t bad[VQ_NREASONS]   # chains refused, by reason
+    uint64_t tx_drop_meta       # a header the device may not honour
+    uint64_t tx_drop_port       # the port refused the frame
+    uint64_t rx_drop_meta       # port frames with offloads the driver did not accept
+    uint64_t rx_drop_short
+    uint64_t rx_drop_truncated  # longer than the engine's buffer
+    uint64_t rx_drop_too_big    # (no mergeable buffers) larger than the driver's buffer
+    uint64_t rx_wait_buffers    # turns a frame waited for the driver's buffers
+    uint64_t avail_jump         # avail idx moved more than the queue size: queue stopped
+    uint64_t calls_sent
+    uint64_t calls_suppressed
+    uint64_t calls_failed
+    uint64_t port_read_errors
+    uint64_t turns
+    uint64_t wakeups
+
+
+cdef struct vq_dev_t:
+    vq_region_t reg[VQ_MAX_REGIONS]
+    uint32_t nreg
+    uint32_t last_reg           # the region of the last hit
+    vq_t q[2]
+    venet_port_t port
+    bint event_idx
+    bint mrg
+    uint32_t hdr_len            # 12 (VERSION_1 or MRG_RXBUF) or 10
+    uint32_t tx_caps            # venet offload bits the driver may send
+    uint32_t rx_caps            # ... and may be given
+    uint32_t max_plain          # MTU + 14
+    uint32_t budget
+    bint port_ready
+    bint want_port              # a driving loop watches the port only while set
+    bint stop
+    # RX: a frame read from the port, waiting for the driver's buffers
+    uint32_t rx_len             # header + frame bytes at bounce + rx_off (0: none)
+    uint32_t rx_off
+    uint8_t phdr[16]            # the port's vnet header
+    char *bounce                # VQ_HDR_ROOM + the largest frame
+    uint32_t bounce_cap
+    vring_desc_t *itab          # private copy of one indirect table
+    vq_seg_t *segs              # the chain being served
+    iovec *iov
+    vq_stats_t st
+
+
+# One unit of work of the worker pool: a turn bounded by a budget.
+cdef struct vq_task_t:
+    void *ctx                   # the vq_dev_t
+    int (*run)(vq_task_t *t, uint32_t events) noexcept nogil
+    bint (*peek)(vq_task_t *t) noexcept nogil
+    int64_t poll_ns
+
+
+cdef int vq_run(vq_task_t *t, uint32_t events) noexcept nogil
+cdef bint vq_peek(vq_task_t *t) noexcept nogil
+
+
+cdef class Engine:
+    cdef vq_dev_t *d
+    cdef vq_task_t task
+    cdef int epfd
+    cdef int stop_fd
+    cdef readonly bint running
+    cdef readonly int resynced          # queues resumed from the used idx, not the base given
+    cdef _add(self, int fd, uint64_t tag, uint32_t extra)
