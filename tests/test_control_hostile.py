@@ -653,3 +653,25 @@ def test_venet_stats_shows_the_control_counters(host):
     assert "control: 1 connections of 256" in r.stdout
     line = [ln for ln in r.stdout.splitlines() if "dropped_protocol" in ln]
     assert line and line[0].split()[-1] == "1", r.stdout
+
+
+def test_an_idle_bus_arms_no_deadline_once_hellos_came_and_output_was_taken(tmp_path):
+    """Deadlines are armed per connection (hello within the handshake
+    timeout, replies taken within the output timeout); once what they wait
+    for has happened, an idle bus has nothing to wake for.  The stale hello
+    deadline once woke the daemon 5 s after every connection."""
+    from venet import bridge
+    br = bridge.Bridge(str(tmp_path / "bus.sock"), [])
+    br.listen()
+    try:
+        with client(br.path) as s:
+            br._accept()
+            (conn,) = br.conns.values()
+            assert br.next_timeout() is not None            # the hello deadline
+            s.send(msg(control.HELLO, {"version": control.VERSION}))
+            wait_for(lambda: br.poll(0.05) and conn.hello, 5.0, "the hello to be served")
+            control.recv(s)                                 # the reply taken
+            wait_for(lambda: br.poll(0.05) and not conn.out, 5.0, "the output to drain")
+            assert br.next_timeout() is None
+    finally:
+        br.close()

@@ -635,10 +635,25 @@ class Bridge:
             pass
 
     def next_timeout(self):
-        """Seconds until the next deadline (None: none armed)."""
+        """Seconds until the next deadline (None: none armed).  Deadlines
+        that no longer matter (a hello that came, a connection gone, output
+        taken) are dropped first: an idle bus must not wake for them."""
+        while self._timers and self._stale(self._timers[0]):
+            _, _, what, conn = heapq.heappop(self._timers)
+            if what == "stall":
+                conn.stall_armed = False    # the next pending output arms it again
         if self._timers:
             return max(0.0, self._timers[0][0] - time.monotonic())
         return None
+
+    @staticmethod
+    def _stale(timer):
+        _, _, what, conn = timer
+        if what == "hello":
+            return conn.closed or conn.hello
+        if what == "stall":
+            return conn.closed or conn.stall_deadline is None
+        return False
 
     def poll(self, timeout):
         """One round of serve(): what is ready within `timeout`, then the due
