@@ -19,7 +19,7 @@ from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from libc.string cimport memcpy, memset
 from libc.errno cimport errno, EINTR, EAGAIN, ENOBUFS
 from posix.unistd cimport read, write
-from shmsignal.includes.osdefs cimport pollfd, poll, POLLIN, POLLOUT, POLLERR
+from shmsignal.includes.osdefs cimport pollfd, poll, POLLIN, POLLOUT, POLLERR, sched_yield
 from cpython.buffer cimport PyObject_GetBuffer, PyBuffer_Release, PyBUF_WRITABLE, PyBUF_SIMPLE
 from shmsignal.includes.atomics cimport *
 from shmsignal.shmsig cimport *
@@ -33,15 +33,34 @@ SEQ_OFFSET = SEQ_OFF
 DEF MAX_FRAME = 9216
 DEF MAX_BATCH = 256
 DEF SPIN_BACKOFF = 64
+DEF YIELD_SPINS = 4          # signal checks between two sched_yield of a poll
 
 # How a frontend loop waits for its ring (ring empty, or full):
 cdef enum:
     WAIT_SPIN = 0       # busy-poll, never sleep
-    WAIT_SIGNAL = 1     # shmsignal: busy-poll up to poll_ns, then sleep until kicked
+    WAIT_SIGNAL = 1     # shmsignal: poll up to poll_ns (yielding), then sleep until kicked
 
 
 cdef inline uint64_t _deadline(double seconds) noexcept nogil:
     return shm_now_ns() + <uint64_t>(seconds * 1e9)
+
+
+cdef inline bint _poll_yield(ioq_ring_t *r, int64_t poll_ns) noexcept nogil:
+    """Busy-poll the ring's signal for up to poll_ns without arming it (the
+    peer need not kick): PAUSEs, then a sched_yield, again and again.  The
+    yield is what lets three busy parties (two frontends and the switch's
+    worker) share two CPUs: whoever holds the work runs within a yield, not
+    after a scheduler tick.  True when the peer signalled."""
+    cdef uint64_t deadline = shm_now_ns() + <uint64_t>poll_ns
+    cdef int i
+    while True:
+        for i in range(YIELD_SPINS):
+            if shmsig_take(&r.sig):
+                return True
+            shm_cpu_relax()
+        if shm_now_ns() >= deadline:
+            return False
+        sched_yield()
 
 
 cdef inline void _wait(ioq_ring_t *r, int mode, int64_t poll_ns) noexcept nogil:
@@ -50,8 +69,10 @@ cdef inline void _wait(ioq_ring_t *r, int mode, int64_t poll_ns) noexcept nogil:
         for i in range(SPIN_BACKOFF):
             shm_cpu_relax()
     else:
+        if poll_ns > 0 and _poll_yield(r, poll_ns):
+            return
         # A bounded sleep: a 100 ms slice, so the deadline is looked at.
-        shmsig_wait(&r.sig, 100_000_000, poll_ns)
+        shmsig_wait(&r.sig, 100_000_000, 0)
 
 
 cdef inline bint _ours(const uint8_t *p, uint32_t n) noexcept nogil:
@@ -228,7 +249,7 @@ cdef inline int _recv_seq(ioq_ring_t *r, uint64_t *seq, int mode, int64_t poll_n
         else:
             if shm_now_ns() > deadline:
                 return -1
-            shmsig_wait(&r.sig, 100_000_000, poll_ns)
+            _wait(r, mode, poll_ns)
 
 
 def fe_ping(Ring tx, Ring rx, hdr, uint32_t size, Py_ssize_t n, out, int mode=WAIT_SIGNAL,

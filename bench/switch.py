@@ -353,16 +353,19 @@ class Switch:
         self.sock = daemon.device(self.name, cls, "b" + self.name, sets)
 
 
-def switch_stream(sw_, name, size, seconds, pairs=1, api="c", cpus=(0, 1)):
+def switch_stream(sw_, name, size, seconds, pairs=1, api="c", cpus=(0, 1), poll_us=0):
     jobs = []
     for p in range(pairs):
         a, b = 2 * p + 1, 2 * p + 2
         if api == "c":
-            send, recv = _stream_send_c(a, b, size, seconds), _stream_recv_c(seconds)
+            send = _stream_send_c(a, b, size, seconds, poll_us=poll_us)
+            recv = _stream_recv_c(seconds, poll_us=poll_us)
         else:
             send, recv = _stream_send_py(a, b, size, seconds), _stream_recv_py(size, seconds)
-        jobs.append(Job([_open(sw_.sock, sw_.name), _learn(a, b), send], cpu=cpus[0], name=f"{name} sender {a}"))
-        jobs.append(Job([_open(sw_.sock, sw_.name), _learn(b, a), recv], cpu=cpus[1], name=f"{name} receiver {b}"))
+        jobs.append(Job([_open(sw_.sock, sw_.name, poll_us), _learn(a, b), send], cpu=cpus[0],
+                        name=f"{name} sender {a}"))
+        jobs.append(Job([_open(sw_.sock, sw_.name, poll_us), _learn(b, a), recv], cpu=cpus[1],
+                        name=f"{name} receiver {b}"))
     res = run_jobs(jobs, timeout=seconds + 30)
     return _rate_rows(name, res[1::2])
 

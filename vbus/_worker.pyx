@@ -33,7 +33,7 @@ from libc.stdint cimport uint32_t, uint64_t, int64_t
 from libc.stdlib cimport malloc, free
 from posix.unistd cimport read, write, close
 from posix.time cimport timespec, clock_gettime, CLOCK_MONOTONIC
-from shmsignal.includes.atomics cimport shm_now_ns
+from shmsignal.includes.atomics cimport shm_now_ns, shm_cpu_relax
 from shmsignal.includes.osdefs cimport *
 from vbus.worker cimport *
 
@@ -63,6 +63,7 @@ cdef enum:
     LOOP_ERROR = 3
     MAX_EVENTS = 64
     MIN_POLL_NS = 20_000        # the shortest adaptive poll window
+    POLL_SPINS = 64             # peeks between two syscalls of a busy-poll (about a microsecond)
 
 MAX_WORKERS = 256
 REMOVE_TIMEOUT = 5.0            # a worker never blocks on a peer: this is a bug's bound
@@ -505,7 +506,7 @@ cdef class Worker:
         cdef vbus_task_t *t
         cdef int64_t cap = 0, floor_ns
         cdef uint64_t pdead
-        cdef int n
+        cdef int n, spin
         cdef bint hit = False
         t = self.polls
         while t != NULL:
@@ -521,21 +522,31 @@ cdef class Worker:
             self.window = floor_ns
         pdead = shm_now_ns() + <uint64_t>self.window
         while True:
-            t = self.polls
-            while t != NULL:
-                if t.peek != NULL and t.peek(t):
-                    t.pending |= VBUS_EV_POLLED
-                    self._enqueue(t)
-                    hit = True
-                t = t.pnext
+            # Peeks cost no syscall: a run of them with PAUSE between sees
+            # a frame within a cache-line transfer when the peer has a CPU
+            # of its own.
+            for spin in range(POLL_SPINS):
+                t = self.polls
+                while t != NULL:
+                    if t.peek != NULL and t.peek(t):
+                        t.pending |= VBUS_EV_POLLED
+                        self._enqueue(t)
+                        hit = True
+                    t = t.pnext
+                if hit:
+                    break
+                shm_cpu_relax()
+            if hit:
+                break
             n = epoll_wait(self.epfd, evs, MAX_EVENTS, 0)
             if n > 0:
                 self._dispatch(evs, n)
                 hit = True
             if hit or shm_now_ns() >= pdead:
                 break
-            # Yield, not PAUSE: on few CPUs the task we wait for (the
-            # peer's pump, the app) is often queued behind us on this CPU.
+            # Then a yield: on few CPUs the task we wait for (the peer's
+            # pump, the app) is often queued behind us on this CPU, and it
+            # runs only when we step aside.
             sched_yield()
         if hit:
             self.st_busy_polls += 1

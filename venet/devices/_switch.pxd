@@ -68,6 +68,7 @@ cdef struct sw_port_t:
     uint32_t known_flags        # frame flags honoured from it
     uint64_t max_rx             # longest frame it can take (record included)
     uint32_t rx_pend            # slots filled for it in this batch, not yet published
+    bint kick_due               # published for it this turn, not yet kicked
     bint discard                # skipping the tail of a chain refused as too long
     uint32_t txc_posted
     sw_port_stats_t st

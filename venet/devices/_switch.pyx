@@ -209,6 +209,29 @@ cdef void ring_put(ioq_ring_t *r, uint32_t at, const uint8_t *rec, const iovec *
             left -= n
 
 
+cdef inline void put_one(ioq_ring_t *r, uint32_t at, const iovec *iov, uint32_t niov,
+                         uint64_t length) noexcept nogil:
+    """A plain frame that fits one buffer: copied into the paired buffer
+    of free slot `at`, its descriptor written field by field and never read
+    back (the line is the frontend's until we write it: a read would wait
+    for it, a store need not)."""
+    cdef uint32_t pos = r.head + at, i
+    cdef uint64_t off = ioq_pair(r, pos)
+    cdef char *buf = r.base + off
+    cdef ioq_desc_t *d = ioq_slot(r, at)
+    if niov == 1:
+        memcpy(buf, iov[0].iov_base, length)
+    else:
+        for i in range(niov):
+            memcpy(buf, iov[i].iov_base, iov[i].iov_len)
+            buf += iov[i].iov_len
+    d.cookie = pos
+    d.offset = off
+    d.len = <uint32_t>length
+    d.flags = 0
+    d.user = 0
+
+
 cdef bint port_put(sw_t *sw, sw_port_t *q, const uint8_t *rec, const iovec *iov, uint32_t niov,
                    uint64_t total, uint32_t flags, const venet_meta_t *meta) noexcept nogil:
     """One frame to port q as it is (with its record when rec is given):
@@ -245,8 +268,12 @@ cdef bint port_put(sw_t *sw, sw_port_t *q, const uint8_t *rec, const iovec *iov,
         if ioq_free(r, q.rx_pend + need) < q.rx_pend + need:
             q.st.drop_rx_full += 1
             return False
-        ring_put(r, q.rx_pend, rec, iov, niov, length)
-        q.rx_pend += venet_chain_fill(r, q.rx_pend, length, flags if rec != NULL else 0, 0)
+        if need == 1 and rec == NULL:
+            put_one(r, q.rx_pend, iov, niov, length)
+            q.rx_pend += 1
+        else:
+            ring_put(r, q.rx_pend, rec, iov, niov, length)
+            q.rx_pend += venet_chain_fill(r, q.rx_pend, length, flags if rec != NULL else 0, 0)
     q.st.tx_frames += 1
     q.st.tx_bytes += total
     return True
@@ -514,7 +541,8 @@ cdef uint32_t tap_turn(sw_t *sw, uint32_t slot) noexcept nogil:
 
 
 cdef void flush(sw_t *sw) noexcept nogil:
-    """Publish what the batch put in each port's RX ring; kick each once."""
+    """Publish what the batch put in each port's RX ring (a polling
+    frontend sees it at once); the kicks wait for the turn's end."""
     cdef uint32_t i
     cdef sw_port_t *q
     for i in range(sw.nact):
@@ -522,6 +550,18 @@ cdef void flush(sw_t *sw) noexcept nogil:
         if q.rx_pend:
             ioq_commit(q.rx, q.rx_pend)
             q.rx_pend = 0
+            q.kick_due = True
+
+
+cdef void kick_all(sw_t *sw) noexcept nogil:
+    """End of a turn: each port that got frames is kicked once, if it
+    asked to be: one wake-up per turn however many senders fed it."""
+    cdef uint32_t i
+    cdef sw_port_t *q
+    for i in range(sw.nact):
+        q = &sw.ports[sw.act[i]]
+        if q.kick_due:
+            q.kick_due = False
             if ioq_kick_peer(q.rx) > 0:
                 q.st.kicks += 1
 
@@ -548,6 +588,7 @@ cdef int sw_run(sw_t *sw, uint32_t events) noexcept nogil:
         else:
             did += ring_turn(sw, slot)
         flush(sw)
+    kick_all(sw)
     if did:
         sw.recent = True
         pthread_mutex_unlock(&sw.lock)
