@@ -10,6 +10,8 @@ Rows (`--json FILE` writes {"rows": [{"name", "metric", "value"}, ...]}):
                                  (send_batch, recv_batch)
   switch-stream-{64,1500}-c-4fe  four frontends, two pairs at once: the
                                  aggregate
+  switch-stream-64-c-poll        switch-stream-64-c with frontends and device
+                                 polling (--poll-us) instead of sleeping
   switch-pingpong-poll           one frame each way, frontends and device with
                                  --poll-us: rtt_ns_p50/p99
   switch-pingpong-signal         the same sleeping on the shmsignal doorbells
@@ -26,6 +28,10 @@ Rows (`--json FILE` writes {"rows": [{"name", "metric", "value"}, ...]}):
                                  rxonly, when dpdk-testpmd is installed (root)
   spin-pingpong-c[-after]        the bare cache-line round trip at the start
                                  and end: where the host put the two vCPUs
+The switch's worker runs on the second CPU (the device's cpu attribute);
+the frontends of a stream or of the polled ping-pong share the first (a
+frontend's poll yields the CPU every few checks), those of the signal
+ping-pong take one CPU each, as the relay's ends do.
 With --loopback, loopback-* rows run the same frontend loops through a
 venet-loopback device (one frontend: the harness without a switch).
 
@@ -580,6 +586,7 @@ def memif_stream(seconds, cpus=(0, 1)):
 SWITCH_ROWS = [("switch-stream-64-c", "frames_per_s"), ("switch-stream-64-py", "frames_per_s"),
                ("switch-stream-64-c-4fe", "frames_per_s"), ("switch-stream-1500-c", "frames_per_s"),
                ("switch-stream-1500-py", "frames_per_s"), ("switch-stream-1500-c-4fe", "frames_per_s"),
+               ("switch-stream-64-c-poll", "frames_per_s"),
                ("switch-pingpong-poll", "rtt_ns_p50"), ("switch-pingpong-poll", "rtt_ns_p99"),
                ("switch-pingpong-signal", "rtt_ns_p50"), ("switch-pingpong-signal", "rtt_ns_p99")]
 
@@ -611,7 +618,13 @@ def run(cpus=(0, 1), quick=False, loopback=False, progress=None, switch_class=SW
     d = Daemon()
     try:
         try:
-            plain = Switch(d, switch_class)
+            # Placement on two CPUs: the switch's worker has the second to
+            # itself and the two frontends of a row share the first (they
+            # poll yielding, or sleep), so none of three busy parties waits
+            # a scheduler tick for a CPU (docs/switch.md, "Performance").
+            fe = (cpus[0], cpus[0])
+            where = {"cpu": str(cpus[1])}
+            plain = Switch(d, switch_class, where)
         except Unavailable as e:
             why = f"{e}: the {switch_class} device class is not installed"
             rows.extend(_missing(SWITCH_ROWS, why))
@@ -620,20 +633,23 @@ def run(cpus=(0, 1), quick=False, loopback=False, progress=None, switch_class=SW
                 progress({"name": "switch-*", "metric": "", "value": None, "note": why})
         else:
             try:
-                polled = Switch(d, switch_class, {"poll_us": str(POLL_US)})
+                polled = Switch(d, switch_class, dict(where, poll_us=str(POLL_US)))
             except Unavailable as e:
                 # The frontends still poll; the worker does as the class does.
                 polled = plain
                 notes["switch-pingpong-poll"] = f"the device took no poll_us ({e}); frontends poll only"
             for size in (64, 1500):
                 step([(f"switch-stream-{size}-c", "frames_per_s")],
-                     lambda: switch_stream(plain, f"switch-stream-{size}-c", size, secs, cpus=cpus))
+                     lambda: switch_stream(plain, f"switch-stream-{size}-c", size, secs, cpus=fe))
                 step([(f"switch-stream-{size}-py", "frames_per_s")],
-                     lambda: switch_stream(plain, f"switch-stream-{size}-py", size, secs, api="py", cpus=cpus))
+                     lambda: switch_stream(plain, f"switch-stream-{size}-py", size, secs, api="py", cpus=fe))
                 step([(f"switch-stream-{size}-c-4fe", "frames_per_s")],
-                     lambda: switch_stream(plain, f"switch-stream-{size}-c-4fe", size, secs, pairs=2, cpus=cpus))
+                     lambda: switch_stream(plain, f"switch-stream-{size}-c-4fe", size, secs, pairs=2, cpus=fe))
+            step([("switch-stream-64-c-poll", "frames_per_s")],
+                 lambda: switch_stream(polled, "switch-stream-64-c-poll", 64, secs, cpus=fe, poll_us=POLL_US))
             step([("switch-pingpong-poll", "rtt_ns_p50")],
-                 lambda: switch_pingpong(polled, "switch-pingpong-poll", n, POLL_US, cpus))
+                 lambda: switch_pingpong(polled, "switch-pingpong-poll", n, POLL_US, fe))
+            # As the eventfd relay's ends: one frontend on each CPU.
             step([("switch-pingpong-signal", "rtt_ns_p50")],
                  lambda: switch_pingpong(plain, "switch-pingpong-signal", n, 0, cpus))
         if loopback:
