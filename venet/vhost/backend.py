@@ -9,8 +9,9 @@ virtqueue engine (_virtq.pyx) instead of the venet pump.
 Connector: the socket side.  Server mode listens on PATH and serves one
 driver at a time; client mode (the driver's `server=1`) dials PATH and dials
 again, every RETRY seconds, whenever the connection is gone.  One thread
-runs the control plane (a selector: socket, stop pipe, timers); the engine
-runs on a thread of its own while the driver's rings are live.
+runs the control plane (a selector: socket, stop pipe, and a timer only
+while a message is half-read or a dial is due); the engine is a task of the
+device's worker pool while the driver's rings are live.
 
 Session: one connection's state machine.  Each message is read whole
 (header with its fds, then the payload; a message must arrive within
