@@ -1089,7 +1089,11 @@ class Bridge:
                 port = dev.open(conn)
                 conn.devices[name] = port
                 return {"device": name, "mac": port.mac, "mtu": port.mtu, "version": abi.VERSION}
-            dev.owner = conn
+            with dev._lock:
+                # A vhost-user connector claims the device under the same lock.
+                if dev.owner is not None:
+                    raise DeviceError(f"device {name} is in use by another frontend")
+                dev.owner = conn
             conn.devices[name] = dev
             self._log(logging.INFO, "open", "%s: device %s opened", conn, name, device=name)
             return {"device": name, "mac": dev.mac, "mtu": dev.mtu, "version": abi.VERSION}

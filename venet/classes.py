@@ -100,8 +100,8 @@ class _Instance(DeviceInstance):
         if value:
             path, client = parse_spec(value)
             try:
-                self.vhost = Connector(self.dev, path, client=client,
-                                       poll_us=getattr(self.dev, "poll_us", 0)).start()
+                # The engine takes the device's poll_us (live) at each start.
+                self.vhost = Connector(self.dev, path, client=client).start()
             except OSError as e:
                 raise VbusDeviceError(f"vhost_user {path}: {e.strerror or e}") from None
 

@@ -88,6 +88,11 @@ def build_parser():
     bb.add_argument("--quick", action="store_true",
                     help="64 loopback and 8 tap devices, short windows (under a minute)")
     bb.set_defaults(func=_cmd_bench_bus)
+    bv = bsub.add_parser("vhost", help="DPDK's virtio-user driver (dpdk-testpmd) against venet's vhost-user "
+                                       "connector and DPDK's net_vhost: frames per second, ping (root)")
+    bv.add_argument("--json", metavar="FILE", help="also write the rows as JSON")
+    bv.add_argument("--quick", action="store_true", help="64-byte frames only, short windows (under 2 minutes)")
+    bv.set_defaults(func=_cmd_bench_vhost)
 
     br = sub.add_parser("bridge", help="the backend: a daemon with one bus and one tap device, "
                                        "served on a control socket")
@@ -596,6 +601,15 @@ def _cmd_bench_bus(args):
         bus.main(json_path=args.json, quick=args.quick)
     except RuntimeError as e:
         raise UsageError(str(e))
+    return 0
+
+
+def _cmd_bench_vhost(args):
+    vhost = _from_checkout("bench.vhost", "bench vhost")
+    try:
+        vhost.main(json_path=args.json, quick=args.quick)
+    except vhost.Unavailable as e:
+        raise UsageError(f"venet bench vhost: {e}")
     return 0
 
 

@@ -11,6 +11,8 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from posix.uio cimport iovec
 from venet.devices.port cimport venet_port_t
+from vbus.worker cimport vbus_task_t
+from vbus._worker cimport Task
 
 cdef extern from "vq_atomics.h" nogil:
     uint16_t vq_load_acquire_u16(const void *p)
@@ -33,13 +35,10 @@ cdef enum:
     VRING_DESC_F_INDIRECT = 4
     VRING_USED_F_NO_NOTIFY = 1
     VRING_AVAIL_F_NO_INTERRUPT = 1
-    # A task turn's result (the worker pool's contract)
-    TASK_IDLE = 0               # notifications armed and re-checked: sleep
-    TASK_MORE = 1               # work is left: run again
-    TASK_DONE = 2               # stopped: never run again
-    # events given to a turn
-    VQ_EV_PORT = 1              # the port's fd was readable
-    VQ_EV_KICK = 2              # a kick eventfd fired
+    # The engine's fds, as event bits of its turn (vbus/worker.pxd)
+    VQ_EV_PORT = 1              # the port's fd was readable (level)
+    VQ_EV_KICK_RX = 2           # queue 0's kick eventfd fired (edge)
+    VQ_EV_KICK_TX = 4           # queue 1's kick eventfd fired (edge)
     # why a chain was refused (vq_stats_t.bad[])
     VQ_OK = 0
     VQ_BAD_INDEX = 1            # a descriptor index past the table
@@ -108,7 +107,8 @@ cdef struct vq_stats_t:
     uint64_t calls_failed
     uint64_t port_read_errors
     uint64_t turns
-    uint64_t wakeups
+    uint64_t wakeups            # turns after the worker slept on our fds
+    uint64_t busy_polls         # turns the worker's busy-poll found work for
 
 
 cdef struct vq_dev_t:
@@ -125,8 +125,7 @@ cdef struct vq_dev_t:
     uint32_t max_plain          # MTU + 14
     uint32_t budget
     bint port_ready
-    bint want_port              # a driving loop watches the port only while set
-    bint stop
+    bint want_port              # the port is in the worker's interest set only while set
     # RX: a frame read from the port, waiting for the driver's buffers
     uint32_t rx_len             # header + frame bytes at bounce + rx_off (0: none)
     uint32_t rx_off
@@ -139,23 +138,15 @@ cdef struct vq_dev_t:
     vq_stats_t st
 
 
-# One unit of work of the worker pool: a turn bounded by a budget.
-cdef struct vq_task_t:
-    void *ctx                   # the vq_dev_t
-    int (*run)(vq_task_t *t, uint32_t events) noexcept nogil
-    bint (*peek)(vq_task_t *t) noexcept nogil
-    int64_t poll_ns
-
-
-cdef int vq_run(vq_task_t *t, uint32_t events) noexcept nogil
-cdef bint vq_peek(vq_task_t *t) noexcept nogil
-
-
-cdef class Engine:
+# The engine is a task of the bus's worker pool (vbus/worker.pxd): one
+# turn does at most `budget` frames each way.
+cdef class Engine(Task):
     cdef vq_dev_t *d
-    cdef vq_task_t task
-    cdef int epfd
-    cdef int stop_fd
-    cdef readonly bint running
+    cdef int port_i                     # the port's index in the task's fds
+    cdef int64_t poll_ns
+    cdef bint recent                    # the last turn did work: busy-poll before arming
+    cdef bint stop_asked
+    cdef bint alone                     # run() serves it on a private worker
+    cdef object private                 # that worker
     cdef readonly int resynced          # queues resumed from the used idx, not the base given
-    cdef _add(self, int fd, uint64_t tag, uint32_t extra)
+    cdef int _turn(self, uint32_t events) noexcept nogil

@@ -34,6 +34,8 @@ from venet.abi cimport *
 from venet.meta cimport *
 from venet.devices.port cimport venet_port_t
 from venet.devices.tap_port cimport tap_port_init
+from vbus.worker cimport *
+from vbus._worker cimport Task, Worker
 
 cdef extern from "<sys/mman.h>" nogil:
     void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
@@ -48,9 +50,6 @@ REASONS = ("ok", "bad_index", "bad_loop", "bad_addr", "bad_indirect", "bad_neste
            "bad_long", "bad_short")
 
 cdef enum:
-    EV_KICK = 1
-    EV_PORT = 2
-    EV_STOP = 3
     MAX_BUDGET = 256
 
 
@@ -454,32 +453,13 @@ cdef uint32_t vq_rx(vq_dev_t *d) noexcept nogil:
 
 # ---- the task ------------------------------------------------------------
 
-cdef int vq_run(vq_task_t *t, uint32_t events) noexcept nogil:
-    """One turn: at most budget frames each way.  IDLE only after arming
-    the driver's kicks and re-checking."""
-    cdef vq_dev_t *d = <vq_dev_t *>t.ctx
-    cdef uint32_t did
-    cdef bint more
-    if d.stop:
-        return TASK_DONE
-    d.st.turns += 1
-    if events & VQ_EV_PORT:
-        d.port_ready = True
-    did = vq_tx(d) + vq_rx(d)
-    more = did != 0
-    if not more and d.q[VQ_TX].ready and not d.q[VQ_TX].broken:
-        more = vq_arm(d, &d.q[VQ_TX])
-    if not more and d.rx_len and d.q[VQ_RX].ready and not d.q[VQ_RX].broken:
-        # Waiting for receive buffers: ask for the kick that brings them.
-        more = vq_arm(d, &d.q[VQ_RX])
-    # The port is watched only when a frame read from it has a place to go.
-    d.want_port = d.q[VQ_RX].ready and not d.q[VQ_RX].broken and d.rx_len == 0
-    return TASK_MORE if more else TASK_IDLE
+cdef int _vq_run(vbus_task_t *t, uint32_t events) noexcept nogil:
+    return (<Engine>t.ctx)._turn(events)
 
 
-cdef bint vq_peek(vq_task_t *t) noexcept nogil:
+cdef bint _vq_peek(vbus_task_t *t) noexcept nogil:
     """Work visible without a syscall (for a busy-polling worker)."""
-    cdef vq_dev_t *d = <vq_dev_t *>t.ctx
+    cdef vq_dev_t *d = (<Engine>t.ctx).d
     cdef vq_t *q = &d.q[VQ_TX]
     if q.ready and not q.broken and vq_avail_idx(q) != q.last_avail:
         return True
@@ -509,14 +489,16 @@ def unmap_region(uint64_t base, uint64_t length):
 
 # ---- the engine ----------------------------------------------------------
 
-cdef class Engine:
+cdef class Engine(Task):
     """A device's data plane for one virtio driver: the two queues of a
-    queue pair over the memory table, against the port fd.  The caller
-    keeps the memory mapped and the fds open until run() has returned."""
+    queue pair over the memory table, against the port fd, as a task of
+    the bus's worker pool (vbus/_worker.pyx): `pool.add(engine)` serves it,
+    `pool.remove(engine)` (synchronous) lets it go.  The caller keeps the
+    memory mapped and the fds open until the engine is removed (or run()
+    has returned)."""
 
     def __cinit__(self, *args, **kwargs):
-        self.epfd = -1
-        self.stop_fd = -1
+        self.port_i = -1
         self.d = <vq_dev_t *>calloc(1, sizeof(vq_dev_t))
         if self.d == NULL:
             raise MemoryError()
@@ -526,11 +508,13 @@ cdef class Engine:
                  int mtu=1500, int budget=64, poll_us=0):
         """regions: [(gpa, size, uva, host address)] (memory.MemoryTable);
         queues: two dicts (RX, TX) with num, desc, avail, used (driver
-        addresses), base, kick_fd, call_fd."""
+        addresses), base, kick_fd, call_fd.  poll_us: after a turn that
+        did work, the worker busy-polls the rings this long before the
+        engine asks for the driver's kicks (0: never)."""
         cdef vq_dev_t *d = self.d
         cdef vq_t *q
         cdef uint32_t i
-        if self.epfd >= 0:
+        if self.task.run != NULL:
             raise RuntimeError("an Engine is initialised once")
         if not 0 < len(regions) <= VQ_MAX_REGIONS:
             raise ValueError(f"1..{VQ_MAX_REGIONS} memory regions")
@@ -538,6 +522,8 @@ cdef class Engine:
             raise ValueError("a queue pair: RX and TX")
         if hdr_len not in (10, 12) or not 1 <= budget <= MAX_BUDGET:
             raise ValueError("bad header length or budget")
+        if not 0 <= poll_us <= 1_000_000:
+            raise ValueError("poll_us must be 0..1000000")
         d.nreg = len(regions)
         for i, (gpa, size, uva, host) in enumerate(regions):
             d.reg[i].gpa = gpa
@@ -590,34 +576,24 @@ cdef class Engine:
             q.call_fd = cfg["call_fd"]
             q.armed = True          # the driver starts with notifications on
             q.ready = True
-        self.task.ctx = d
-        self.task.run = vq_run
-        self.task.peek = vq_peek
-        self.task.poll_ns = <int64_t>(poll_us * 1000)
-        self.stop_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self.epfd = epoll_create1(EPOLL_CLOEXEC)
-        if self.epfd < 0:
-            raise OSError(errno, "epoll_create1")
-        # The kick eventfds are the driver's: watched edge-triggered, never read.
-        for i in range(2):
-            if queues[i]["kick_fd"] >= 0:
-                self._add(queues[i]["kick_fd"], EV_KICK, EPOLLET)
-        self._add(self.stop_fd, EV_STOP, 0)
-        self._add(port_fd, EV_PORT, 0)
+        # The kick eventfds are the driver's: watched edge-triggered (each
+        # kick is an edge), never read.  The port is level-triggered: its
+        # frames wait in the kernel while the driver has no RX buffers, and
+        # it leaves the interest set then (want_port).
+        for i, bit in ((VQ_RX, VQ_EV_KICK_RX), (VQ_TX, VQ_EV_KICK_TX)):
+            kfd = queues[i]["kick_fd"]
+            if kfd >= 0 and vbus_task_fd(&self.task, kfd, bit, True) < 0:
+                raise ValueError("the engine's fd table is full")
+        self.port_i = vbus_task_fd(&self.task, port_fd, VQ_EV_PORT, False)
+        if self.port_i < 0:
+            raise ValueError("the engine's fd table is full")
         d.want_port = True
-
-    cdef _add(self, int fd, uint64_t tag, uint32_t extra):
-        cdef epoll_event ev
-        ev.events = EPOLLIN | extra
-        ev.data.u64 = tag
-        if epoll_ctl(self.epfd, EPOLL_CTL_ADD, fd, &ev) < 0:
-            raise OSError(errno, f"epoll_ctl add fd {fd}")
+        self.poll_ns = <int64_t>(poll_us * 1000)
+        self.task.poll_ns = self.poll_ns
+        self.task.peek = _vq_peek
+        self.task.run = _vq_run             # last: marks the engine initialised
 
     def __dealloc__(self):
-        if self.epfd >= 0:
-            os.close(self.epfd)
-        if self.stop_fd >= 0:
-            os.close(self.stop_fd)
         if self.d != NULL:
             free(self.d.bounce)
             free(self.d.itab)
@@ -626,68 +602,87 @@ cdef class Engine:
             free(self.d)
             self.d = NULL
 
+    cdef int _turn(self, uint32_t events) noexcept nogil:
+        """One turn (the task's run callback): driver -> port, port ->
+        driver, then MORE (work done), POLL (none now but some just before,
+        and a poll window asked for: the driver's kicks NOT asked for, the
+        worker busy-polls the rings first), IDLE (kicks asked for and the
+        rings re-checked after, so none is lost: sleep on the fds); never
+        DONE (a queue the driver broke stops alone, the device stays)."""
+        cdef vq_dev_t *d = self.d
+        cdef uint32_t did
+        cdef bint more
+        cdef vq_t *rxq = &d.q[VQ_RX]
+        cdef vq_t *txq = &d.q[VQ_TX]
+        d.st.turns += 1
+        if events & VBUS_EV_POLLED:
+            d.st.busy_polls += 1
+        elif events & VBUS_EV_FDS:
+            d.st.wakeups += 1
+        if events & VQ_EV_PORT:
+            d.port_ready = True
+        # RX buffers are asked for only while a frame waits for them: a
+        # driver refilling its RX ring kicks us for nothing otherwise.
+        if rxq.armed and d.rx_len == 0:
+            vq_disarm(d, rxq)
+        did = vq_tx(d) + vq_rx(d)
+        # The port is watched only when a frame read from it has a place to go.
+        d.want_port = rxq.ready and not rxq.broken and d.rx_len == 0
+        vbus_task_arm_fd(&self.task, self.port_i, d.want_port)
+        if did:
+            self.recent = True
+            return VBUS_TASK_MORE
+        if self.poll_ns > 0 and self.recent and not events & VBUS_EV_ARM:
+            # Only right after work: a wake-up that found nothing must not
+            # buy a poll window, or an idle engine would spin.
+            self.recent = False
+            return VBUS_TASK_POLL
+        self.recent = False
+        more = False
+        if txq.ready and not txq.broken:
+            more = vq_arm(d, txq)
+        if not more and d.rx_len and rxq.ready and not rxq.broken:
+            # Waiting for receive buffers: ask for the kick that brings them.
+            more = vq_arm(d, rxq)
+        return VBUS_TASK_MORE if more else VBUS_TASK_IDLE
+
+    @property
+    def running(self):
+        """run() is serving the engine, or a pool's worker is."""
+        return self.alone or self.task.epfd >= 0
+
     def stop(self):
-        """Ask run() to return (any thread)."""
-        os.eventfd_write(self.stop_fd, 1)
+        """Ask run() to return (safe from any thread).  An engine served by
+        a pool is let go by the pool's remove()."""
+        self.stop_asked = True
+        w = self.private
+        if w is not None:
+            w.stop()
 
     def run(self, double timeout=-1):
-        """Serve until stop() (or `timeout` s).  One thread; the worker pool
-        calls vq_run itself.  Returns 'stopped' or 'timeout'."""
-        cdef epoll_event evs[8]
-        cdef int n, i, r, ms
-        cdef uint32_t events = 0
-        cdef uint64_t cnt, deadline = 0, pdead
-        cdef bint watching = True, stop = False
-        cdef vq_dev_t *d = self.d
-        cdef epoll_event pev
-        if timeout >= 0:
-            deadline = shm_now_ns() + <uint64_t>(timeout * 1e9)
-        self.running = True
-        with nogil:
-            while not stop:
-                r = vq_run(&self.task, events)
-                events = 0
-                if r == TASK_DONE:
-                    break
-                if d.want_port != watching:
-                    pev.events = EPOLLIN if d.want_port else 0
-                    pev.data.u64 = EV_PORT
-                    epoll_ctl(self.epfd, EPOLL_CTL_MOD, d.port.fd, &pev)
-                    watching = d.want_port
-                if r == TASK_MORE:
-                    continue
-                if self.task.poll_ns > 0:
-                    pdead = shm_now_ns() + <uint64_t>self.task.poll_ns
-                    n = 0
-                    while shm_now_ns() < pdead and not vq_peek(&self.task):
-                        n = epoll_wait(self.epfd, evs, 8, 0)
-                        if n:
-                            break
-                    if n == 0 and not vq_peek(&self.task):
-                        n = -2
-                else:
-                    n = -2
-                if n == -2:
-                    ms = 1000
-                    if deadline:
-                        if shm_now_ns() >= deadline:
-                            break
-                        ms = <int>((deadline - shm_now_ns()) // 1000000) + 1
-                        if ms > 1000:
-                            ms = 1000
-                    n = epoll_wait(self.epfd, evs, 8, ms)
-                    if n > 0:
-                        d.st.wakeups += 1
-                for i in range(n if n > 0 else 0):
-                    if evs[i].data.u64 == EV_PORT:
-                        events |= VQ_EV_PORT
-                    elif evs[i].data.u64 == EV_KICK:
-                        events |= VQ_EV_KICK
-                    elif evs[i].data.u64 == EV_STOP:
-                        read(self.stop_fd, &cnt, 8)
-                        stop = True
-        self.running = False
-        return "stopped" if stop else "timeout"
+        """Serve until stop() (or `timeout` s), alone on a private worker
+        in the calling thread (tests; a device's engine is served by the
+        pool).  Returns 'stopped' or 'timeout'."""
+        if self.task.epfd >= 0 or self.alone:
+            raise RuntimeError("the engine is already being served")
+        w = Worker()
+        self.private = w
+        result = "stopped"
+        try:
+            if self.stop_asked:
+                self.stop_asked = False
+                return "stopped"
+            self.alone = True
+            w.add(self)
+            result = w.run(timeout)
+            if result == "stopped":
+                self.stop_asked = False
+        finally:
+            w.remove(self)
+            self.private = None
+            self.alone = False
+            w.close()
+        return result
 
     def last_avail(self, int i):
         """The queue's next avail index (GET_VRING_BASE)."""

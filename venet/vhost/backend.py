@@ -9,8 +9,9 @@ virtqueue engine (_virtq.pyx) instead of the venet pump.
 Connector: the socket side.  Server mode listens on PATH and serves one
 driver at a time; client mode (the driver's `server=1`) dials PATH and dials
 again, every RETRY seconds, whenever the connection is gone.  One thread
-runs the control plane (a selector: socket, stop pipe, timers); the engine
-runs on a thread of its own while the driver's rings are live.
+runs the control plane (a selector: socket, stop pipe, and a timer only
+while a message is half-read or a dial is due); the engine is a task of the
+device's worker pool while the driver's rings are live.
 
 Session: one connection's state machine.  Each message is read whole
 (header with its fds, then the payload; a message must arrive within
@@ -114,8 +115,6 @@ class Session:
         self.mem = None
         self.rings = [_Ring(), _Ring()]
         self.engine = None
-        self.thread = None
-        self.owns = False
         # message being read
         self.hdr = b""
         self.payload = b""
@@ -418,7 +417,7 @@ class Connector:
     """A vhost-user socket serving one device (bridge.Device: its port fd,
     MTU, offered offloads and owner)."""
 
-    def __init__(self, dev, path, client=False, poll_us=0):
+    def __init__(self, dev, path, client=False, poll_us=None):
         self.dev = dev
         self.path = path
         self.client = client
@@ -427,6 +426,7 @@ class Connector:
             "connections", "closed", "messages", "memory_tables", "memory_unsealed", "dropped_protocol",
             "dropped_timeout", "refused_busy", "refused_second", "engine_starts", "dial_failures")}
         self.totals = {}            # engine counters of earlier sessions
+        self.wedged = []            # engines a worker did not let go (a bug), with their memory
         self.session = None
         self.listener = None
         self.last_reason = None
@@ -503,9 +503,14 @@ class Connector:
 
     def _serve(self):
         while True:
-            timeout = 0.5
-            if self.client and self.session is None:
-                timeout = max(0.0, self._next_dial - time.monotonic())
+            # No timer without a reason: an idle connector sleeps until the
+            # driver, a dial's time or stop() wakes it.
+            timeout = None
+            with self.lock:
+                if self.client and self.session is None:
+                    timeout = max(0.0, self._next_dial - time.monotonic())
+                elif self.session is not None and self.session.deadline is not None:
+                    timeout = max(0.0, self.session.deadline - time.monotonic())
             for key, _ in self.sel.select(timeout):
                 if key.data == "stop":
                     return
@@ -583,11 +588,9 @@ class Connector:
         return offered_features(self.dev.offered.get(abi.CAP_GROUP_SG, 0) & abi.OFFLOAD_CAPS)
 
     def _start(self, s):
+        from venet import bridge
         from venet.vhost._virtq import Engine
         dev = self.dev
-        if dev.owner is not None and dev.owner is not self:
-            self.counters["refused_busy"] += 1
-            raise P.ProtocolError(f"device {dev.name} is in use by a venet frontend")
         f = s.features
         tx_caps, rx_caps = caps_of(f)
         hdr_len = 12 if f & (P.bit(P.F_VERSION_1) | P.bit(P.NET_F_MRG_RXBUF)) else 10
@@ -596,53 +599,78 @@ class Connector:
             a = g.addr
             queues.append({"num": g.num, "desc": a["desc"], "avail": a["avail"], "used": a["used"],
                            "base": g.base, "kick_fd": g.kick, "call_fd": g.call})
+        poll_us = self.poll_us if self.poll_us is not None else getattr(dev, "poll_us", 0)
+        if self.wedged:
+            raise P.ProtocolError(f"device {dev.name}: a previous engine's worker did not let it go")
         try:
             eng = Engine(s.mem.regions, queues, dev.tap_fd, hdr_len=hdr_len,
                          mrg=bool(f & P.bit(P.NET_F_MRG_RXBUF)),
                          event_idx=bool(f & P.bit(P.RING_F_EVENT_IDX)), tx_caps=tx_caps, rx_caps=rx_caps,
-                         mtu=dev.mtu, poll_us=self.poll_us)
+                         mtu=dev.mtu, poll_us=poll_us)
         except ValueError as e:
             raise P.ProtocolError(str(e)) from None
-        dev.owner = self
+        # The claim and the daemon's OPEN are both made under the device's
+        # lock: never two owners.
+        with dev._lock:
+            if dev.owner is not None and dev.owner is not self:
+                self.counters["refused_busy"] += 1
+                raise P.ProtocolError(f"device {dev.name} is in use by a venet frontend")
+            dev.owner = self
         if getattr(dev, "is_tap", False):
             from venet.devices import tap as taplib
             try:
                 taplib.set_offloads(dev.tap_fd, rx_caps)
             except taplib.TapError as e:
                 log.warning("device %s: %s", dev.name, e)
+        pin = dev._want_cpu() if hasattr(dev, "_want_cpu") else None
+        try:
+            (getattr(dev, "pool", None) or bridge.shared_pool()).add(eng, cpu=pin)
+        except (RuntimeError, OSError, TimeoutError) as e:
+            self._release(dev)
+            raise P.ProtocolError(f"device {dev.name}: the worker pool refused the engine: {e}") from None
         s.engine = eng
-        s.thread = threading.Thread(target=eng.run, name=f"virtq-{dev.name}", daemon=True)
-        s.thread.start()
         dev.link = True
         self.counters["engine_starts"] += 1
         log.info("vhost-user %s: device %s serving the driver's rings (features 0x%x)",
                  self.path, dev.name, f)
 
-    def _stop(self, s):
-        eng, thread = s.engine, s.thread
-        eng.stop()
-        thread.join(timeout=ENGINE_STOP_TIMEOUT)
-        if thread.is_alive():
-            # Never reached in practice (the engine makes no blocking call
-            # but epoll_wait on its stop fd); if it were, the memory must
-            # stay mapped under it.
-            log.error("device %s: the virtqueue engine did not stop; its memory stays mapped", self.dev.name)
-            s.mem = None
-        for i, g in enumerate(s.rings):
-            g.base = eng.last_avail(i)
-        for k, v in eng.stats().items():
-            self.totals[k] = self.totals.get(k, 0) + v
-        s.engine = s.thread = None
-        dev = self.dev
-        dev.link = False
+    def _release(self, dev):
         if getattr(dev, "is_tap", False):
             from venet.devices import tap as taplib
             try:
                 taplib.set_offloads(dev.tap_fd, 0)
             except taplib.TapError:
                 pass
-        if dev.owner is self:
-            dev.owner = None
+        with dev._lock:
+            if dev.owner is self:
+                dev.owner = None
+
+    def _stop(self, s):
+        eng = s.engine
+        s.engine = None
+        dev = self.dev
+        dev.link = False
+        w = eng.worker
+        if w is not None:
+            try:
+                # Synchronous: once it returns the worker never touches the
+                # engine, so the driver's memory may be unmapped.
+                w.remove(eng, ENGINE_STOP_TIMEOUT)
+            except TimeoutError as e:
+                # A worker never blocks on a peer: only a bug gets here.  The
+                # memory and fds it may touch stay for good, and the device
+                # is served to no driver again.
+                log.error("device %s: the virtqueue engine was not let go (%s); its memory stays "
+                          "mapped", dev.name, e)
+                self.wedged.append((eng, s.mem, s.rings))
+                s.mem = None
+                s.rings = [_Ring(), _Ring()]
+                return
+        for i, g in enumerate(s.rings):
+            g.base = eng.last_avail(i)
+        for k, v in eng.stats().items():
+            self.totals[k] = self.totals.get(k, 0) + v
+        self._release(dev)
 
     def stats(self):
         """Counters: the control plane's and the engine's (all sessions)."""
