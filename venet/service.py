@@ -325,9 +325,17 @@ def run_stats(args):
             return _watch(bus, args)
     with bus:
         s = bus.stats()
-    if args.json:
+    try:
+        _print_stats(s, args.json)
+    except BrokenPipeError:             # `venet stats | head`
+        sys.stdout = open(os.devnull, "w")
+    return 0
+
+
+def _print_stats(s, as_json):
+    if as_json:
         print(json.dumps(s, indent=1))
-        return 0
+        return
     for d in s["devices"]:
         if "ports" in d:
             _print_switch(d)
@@ -353,7 +361,6 @@ def run_stats(args):
             if ctl[k] and (k.startswith(("refused_", "dropped_")) or
                            k in ("accepted", "closed", "accept_errors", "requests_refused")):
                 print(f"  {k:<24} {ctl[k]:>12}")
-    return 0
 
 
 def _drops_text(c, prefix="drop_"):
