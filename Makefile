@@ -2,7 +2,7 @@
 # Each installs what it needs first (as root on Debian: apt and pip).
 PY ?= python3
 
-.PHONY: deps build wheel demo test fuzz asan-test bench bench-save bench-compare bench-ring bench-e2e bench-notify bench-syscalls bench-docs soak clean
+.PHONY: deps build wheel demo test fuzz asan-test bench bench-save bench-compare bench-ring bench-e2e bench-notify bench-syscalls bench-bus bench-switch bench-vhost bench-docs soak clean
 
 deps:
 	bash scripts/install-deps.sh
@@ -47,6 +47,21 @@ bench-notify: build
 
 bench-syscalls: build
 	$(PY) -m venet bench syscalls --json docs/syscall-bench.json
+
+# The bus (256 loopback and 64 tap devices on one daemon), the switch
+# (frontends through a venet-switch beside AF_PACKET, an eventfd relay and
+# DPDK memif) and the vhost-user connector (DPDK testpmd as the driver);
+# root, each writes the JSON that bench-docs renders.
+bench-bus: build
+	$(PY) -m venet bench bus --json docs/bus-bench.json
+
+bench-switch: build
+	bash bench/install-clients.sh --dpdk
+	$(PY) -m venet bench switch --json docs/switch-bench.json
+
+bench-vhost: build
+	bash bench/install-clients.sh --dpdk
+	$(PY) -m venet bench vhost --json docs/vhost-bench.json
 
 bench-docs:
 	$(PY) -m bench.report

@@ -1,7 +1,9 @@
 """docs/errors.md is a contract: every row of its two tables is run here.
 
 Command-line rows run `python -m venet ARGS` and check the exit status, the
-one line on stderr and that no traceback is printed.  Control-message rows
+one line on stderr and that no traceback is printed.  Rows against a running
+daemon do the same with `--run-dir` of a daemon the test starts (no root:
+a loopback and a switch), and check that the registry did not change.  Control-message rows
 send the message to a bridge serving tap-less devices (no root) and check
 the ERROR text and whether the connection was closed or kept.
 """
@@ -44,11 +46,13 @@ def _code(cell):
 
 
 CLI_ROWS = _section("Command lines")
+DAEMON_ROWS = _section("Against a running daemon")
 CONTROL_ROWS = _section("Control messages")
 
 
 def test_the_catalogue_is_big_enough():
     assert len(CLI_ROWS) + len(CONTROL_ROWS) >= 30
+    assert len(DAEMON_ROWS) >= 10
 
 
 @pytest.mark.parametrize("row", CLI_ROWS, ids=[_code(r[0]) or "(none)" for r in CLI_ROWS])
@@ -61,6 +65,54 @@ def test_command_line_row(row):
     assert "Traceback" not in r.stderr
     lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
     assert len(lines) <= 3 and want in lines[-1], r.stderr      # argparse adds a usage line
+
+
+@pytest.fixture(scope="module")
+def daemon_host():
+    from tests.test_daemon import DaemonProc
+    d = DaemonProc()
+    try:
+        d.req("bus-create", name="b0")
+        d.req("device-create", name="lo0", **{"class": "venet-loopback"})
+        d.req("device-create", name="sw0", **{"class": "venet-switch"})
+        for dev in ("lo0", "sw0"):
+            d.req("bus-link", bus="b0", device=dev)
+        if os.geteuid() != 0:
+            d.req("bus-allow", bus="b0", uid=os.geteuid())
+        yield d
+    finally:
+        d.cleanup()
+
+
+def _registry(d):
+    """The tree without what moves by itself (counters, connections)."""
+    t = d.tree()
+    for dev in t["devices"].values():
+        dev.pop("counters", None)
+        dev.pop("connections", None)
+    for bus in t["buses"].values():
+        bus.pop("connections", None)
+    return t
+
+
+@pytest.mark.parametrize("row", DAEMON_ROWS, ids=[_code(r[0]) for r in DAEMON_ROWS])
+def test_daemon_row(row, daemon_host, capsys):
+    """In this process (venet.cli.main, as `python -m venet` runs it): the
+    daemon is the other side, and a process start per row would cost more
+    than the row."""
+    from venet.cli import main
+    args, want, status = shlex.split(_code(row[0])), _code(row[1]), int(row[2])
+    before = _registry(daemon_host)
+    try:
+        rc = main([*args, "--run-dir", daemon_host.run_dir])
+    except SystemExit as e:
+        rc = e.code
+    err = capsys.readouterr().err
+    assert rc == status, err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert len(lines) == 1 and want in lines[0], err
+    assert _registry(daemon_host) == before
+    assert daemon_host.proc.poll() is None, daemon_host.log()
 
 
 @pytest.fixture(scope="module")

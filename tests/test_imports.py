@@ -317,3 +317,76 @@ def test_wheel_packages_are_the_product():
     expected = {m for m, paths in find_modules(ROOT).items() if _is_package(paths)}
     assert found == expected
     assert not {p for p in found if p.split(".")[0] in CHECKOUT_ONLY}
+
+
+def _pyproject():
+    tomllib = pytest.importorskip("tomllib")
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        return tomllib.load(f)
+
+
+def test_wheel_holds_every_declaration_and_header(tmp_path):
+    """Beside the built modules a wheel carries each package's .pxd, .pyx
+    and includes/*.h (what a cimport of venet, or a rebuild, needs: the
+    vhost engine's and the capture's headers too), never Cython's
+    generated .c.  setuptools' build_py is the step of `pip wheel .` that
+    copies them; it compiles nothing."""
+    out = tmp_path / "lib"
+    r = subprocess.run([sys.executable, "setup.py", "-q", "build_py", "--build-lib", str(out)],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    got = {os.path.relpath(os.path.join(d, f), out) for d, _, fs in os.walk(out) for f in fs}
+    want = set()
+    for pkg in PRODUCT:
+        for d, dirs, fs in os.walk(os.path.join(ROOT, pkg)):
+            dirs[:] = [x for x in dirs if not x.startswith((".", "__pycache__"))]
+            want |= {os.path.relpath(os.path.join(d, f), ROOT) for f in fs
+                     if f.endswith((".py", ".pyx", ".pxd", ".h"))}
+    assert want - got == set(), "left out of the wheel"
+    assert {p for p in got if p.endswith(".c")} == set()
+    assert {p.split(os.sep)[0] for p in got} == set(PRODUCT)
+    for must in ("venet/vhost/includes/vq_atomics.h", "venet/includes/venet_capture.h",
+                 "venet/devices/_switch.pxd", "vbus/worker.pxd"):
+        assert must in got
+
+
+def test_every_device_class_has_its_entry_point():
+    """`vbus.device_classes` entry points name every class venet defines,
+    each under the class's own name (how a daemon of an installed venet
+    finds them)."""
+    import inspect
+
+    import vbus
+    from venet import classes
+    eps = _pyproject()["project"]["entry-points"]["vbus.device_classes"]
+    defined = {c.name: f"venet.classes:{n}" for n, c in inspect.getmembers(classes, inspect.isclass)
+               if issubclass(c, vbus.DeviceClass) and c.__module__ == classes.__name__}
+    assert {"venet-tap", "venet-loopback", "venet-switch"} <= set(defined)
+    assert eps == defined
+
+
+# import name -> distribution name, where they differ
+_DIST = {"prometheus_client": "prometheus-client", "faster_fifo": "faster-fifo"}
+# compile-time names of Cython files, not packages
+_CYTHON = {"libc", "posix", "cpython", "cython", "libcpp"}
+
+
+def test_runtime_dependencies_cover_the_product_imports():
+    """Every third-party package a product module imports is a runtime
+    dependency, or an optional extra when it is imported only on request
+    (uvloop)."""
+    cfg = _pyproject()["project"]
+    names = lambda reqs: {re.split(r"[<>=!~ \[;]", r, 1)[0].lower() for r in reqs}
+    required = names(cfg["dependencies"])
+    optional = set().union(*(names(v) for k, v in cfg["optional-dependencies"].items() if k != "test"))
+    third = set()
+    for mod, paths in find_modules(ROOT).items():
+        for p in paths:
+            for name in raw_imports(p, mod, _is_package(paths)):
+                top = name.split(".")[0].split(":")[0]
+                if top and top not in sys.stdlib_module_names and top not in PRODUCT + CHECKOUT_ONLY \
+                        and top not in _CYTHON:
+                    third.add(_DIST.get(top, top).lower())
+    assert {"prometheus-client", "rich", "numpy", "scapy", "pyroute2"} <= third
+    assert third - required - optional == set(), "imported but not declared in pyproject.toml"
+    assert "uvloop" in optional

@@ -108,9 +108,10 @@ def build_parser():
     br.add_argument("--group", type=_group, help="let this group use the socket (mode 0660)")
     br.add_argument("--device", help="device name on the bus (default: the tap name)")
     br.add_argument("--cpu", type=_cpu, default="auto", metavar="N|auto|any",
-                    help="where the pump thread runs: CPU N always; auto (default) on the "
-                         "device's CPU (the attach's pump on the next one), both on the device's "
-                         "CPU while moving bulk traffic; any: wherever the scheduler puts it")
+                    help="which worker serves the device's pump (workers are pinned one per CPU): "
+                         "the one on CPU N; auto (default) the one on the device's home CPU, "
+                         "where the attach's pump joins it during bulk traffic; any: the least "
+                         "loaded")
     br.add_argument("--offloads", type=_offloads, default="all", metavar="LIST",
                     help="offloads to offer frontends: all (default: what the kernel's tun "
                          "supports), none, or a list of csum,tso4,tso6,tso-ecn,uso")
@@ -132,8 +133,9 @@ def build_parser():
     at.add_argument("--netns", type=_netns)
     at.add_argument("--poll-us", type=_poll, default=0, metavar="N")
     at.add_argument("--cpu", type=_cpu, default="auto", metavar="N|auto|any",
-                    help="as for venet bridge (auto: the CPU after the device's, and the "
-                         "bridge pump's own CPU during bulk traffic)")
+                    help="where this side's pump thread runs: CPU N always; auto (default) the "
+                         "CPU after the device's home, and the bridge's worker CPU during bulk "
+                         "traffic; any: wherever the scheduler puts it")
     at.add_argument("--offloads", type=_offloads, default="all", metavar="LIST",
                     help="offloads to ask for and switch on the tap: all (default), none, "
                          "or a list of csum,tso4,tso6,tso-ecn,uso")
@@ -205,7 +207,8 @@ def _admin_parsers(sub):
                     help=f"admin.sock and bus/NAME.sock here (default {DEFAULT_RUN_DIR})")
     _ops_options(dn)
     dn.add_argument("--workers", type=_workers, default=None, metavar="N",
-                    help="worker threads serving every device's pump (1..256; default: one per usable CPU)")
+                    help="worker threads, one pinned per CPU, serving every device's pump and switch "
+                         "engine on every bus (1..256; default: one per usable CPU)")
     dn.set_defaults(func=_cmd_daemon)
 
     def admin(parser, request, show):

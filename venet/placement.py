@@ -1,13 +1,24 @@
-"""Where a device's pump threads run (`--cpu`).
+"""Where a device's pumps run (`--cpu`, a device's `cpu` attribute).
 
-  N     the pump thread always runs on CPU N
+A backend's pump is not a thread of its own: it is a task of the bus's
+worker pool (vbus/_worker.pyx), whose workers are pinned one per CPU when
+the pool is made and never move.  So for the backend (`venet bridge`,
+`venet daemon`) the value picks the worker the pump is placed on:
+
+  N     the worker pinned to CPU N
+  any   the least loaded worker
+  auto  (default) the worker of the device's home CPU, derived from the
+        device's name (its bulk CPU)
+
+The frontend side of `venet attach` runs its one pump on a private worker
+in its own thread, and there the value places that thread:
+
+  N     always on CPU N
   any   wherever the scheduler puts it
-  auto  (default) the device's two pumps on two neighbouring CPUs, derived
-        from the device's name: the bridge's on the device's bulk CPU, the
-        frontend's (venet attach) on the next one.  While a pump moves bulk
-        traffic (GSO frames at about 1 Gbit/s or more) it runs on the bulk
-        CPU, with the other pump, until its first turn of work 200 ms after
-        the bulk stopped; then it goes home.
+  auto  on the CPU after the device's home; while the pump moves bulk
+        traffic (GSO frames at about 1 Gbit/s or more) it moves to the
+        device's bulk CPU, where the backend's pump is, until its first
+        turn of work 200 ms after the bulk stopped; then it goes home.
 
 Why: the two pumps of a device kick each other for nearly every 64 KiB
 frame, and on a VM a wake-up on another vCPU costs many times one on the
@@ -16,14 +27,16 @@ conversations go the other way: with both pumps on one CPU for good the
 applications queue behind them, and left to the scheduler the pumps
 migrate more than once per round trip; on two CPUs of their own each pump
 draws its side's application next to it, and round trips are shorter and
-steadier than the scheduler's.  The measurements, with the commands that
-made them: docs/architecture.md, "Where the pumps run".
+steadier than the scheduler's.  A pooled worker serves other devices too,
+so it never follows one device's bulk traffic: only the attach's pump
+moves.  The measurements, with the commands that made them:
+docs/architecture.md, "Where the pumps run" and "Workers".
 
 The bridge and the attach are two processes that never discuss this: both
 derive the CPUs from the device's name, so they agree, and different
-devices spread over the CPUs.  A pinned pump cannot flee a CPU that other
-work keeps busy: on such a machine choose `any`, or give the device CPUs of
-its own with N.
+devices spread over the CPUs.  A pinned worker cannot flee a CPU that
+other work keeps busy: on such a machine choose `any`, or give the device
+CPUs of its own with N.
 """
 import logging
 import os
@@ -50,9 +63,10 @@ def bulk_cpu(device_name, cpus=None):
 
 def pump_args(cpu, device_name, side):
     """(home_cpu, bulk_cpu) for a `--cpu` value and the pump's side (BRIDGE
-    or FRONTEND): the CPU the pump thread is pinned to when it starts (or
-    None: left to the scheduler), and the Pump's bulk_cpu (or -1: never
-    moves)."""
+    or FRONTEND): the CPU whose worker the pump is placed on (the bridge:
+    a pooled worker; the frontend: the thread running its private worker),
+    or None (the least loaded worker, or the scheduler's choice), and the
+    Pump's bulk_cpu (or -1: never moves)."""
     if side not in (BRIDGE, FRONTEND):
         raise ValueError(f"side must be {BRIDGE!r} or {FRONTEND!r}")
     if cpu == ANY:
@@ -64,9 +78,10 @@ def pump_args(cpu, device_name, side):
 
 
 def pin_this_thread(cpu, what):
-    """Run the calling thread (only) on `cpu`, if not None.  A CPU taken
-    away since it was chosen (a cpuset changed) leaves the thread where it
-    is, with a warning: a pump that runs anywhere beats one that died."""
+    """Run the calling thread (only: a worker, or the attach's pump
+    thread) on `cpu`, if not None.  A CPU taken away since it was chosen
+    (a cpuset changed) leaves the thread where it is, with a warning: a
+    pump that runs anywhere beats one that died."""
     if cpu is None:
         return
     try:

@@ -325,10 +325,21 @@ def run_stats(args):
             return _watch(bus, args)
     with bus:
         s = bus.stats()
-    if args.json:
+    try:
+        _print_stats(s, args.json)
+    except BrokenPipeError:             # `venet stats | head`
+        sys.stdout = open(os.devnull, "w")
+    return 0
+
+
+def _print_stats(s, as_json):
+    if as_json:
         print(json.dumps(s, indent=1))
-        return 0
+        return
     for d in s["devices"]:
+        if "ports" in d:
+            _print_switch(d)
+            continue
         print(f"device {d['device']} (tap {d['tap']}): link {'up' if d['link'] else 'down'}, "
               f"{'in use' if d['busy'] else 'free'}")
         c = d["counters"]
@@ -350,7 +361,47 @@ def run_stats(args):
             if ctl[k] and (k.startswith(("refused_", "dropped_")) or
                            k in ("accepted", "closed", "accept_errors", "requests_refused")):
                 print(f"  {k:<24} {ctl[k]:>12}")
-    return 0
+
+
+def _drops_text(c, prefix="drop_"):
+    return ", ".join(f"{k[len(prefix):]} {v}" for k, v in sorted(c.items()) if k.startswith(prefix) and v)
+
+
+def _print_switch(d):
+    """A multi-open device (a venet-switch): its table, its ports summed,
+    and a row per port (rx: what the port's frontend sent into the
+    switch; tx: what the switch delivered to it).  STATS carries the
+    busiest ports only when they are many (ports_omitted)."""
+    c = d["counters"]
+    print(f"device {d['device']} (switch): {c.get('ports', len(d['ports']))} port(s), "
+          f"link {'up' if d['link'] else 'down'}")
+    print(f"  MAC table {c.get('mac_entries', 0)}/{c.get('mac_table_size', 0)}: learned "
+          f"{c.get('mac_learned', 0)}, moved {c.get('mac_moved', 0)}, aged {c.get('mac_aged', 0)}, "
+          f"forgotten {c.get('mac_forgotten', 0)}, not learned (table full) {c.get('mac_table_full', 0)}")
+    print(f"  frames {c.get('frames', 0)}, floods {c.get('floods', 0)}, turns {c.get('turns', 0)}, "
+          f"wakeups {c.get('wakeups', 0)}; ports added {c.get('ports_added', 0)}, "
+          f"removed {c.get('ports_removed', 0)}")
+    head = f"  {'port':<10} {'rx frames':>12} {'rx bytes':>14} {'tx frames':>12} {'tx bytes':>14} " \
+           f"{'floods':>10} {'drops':>10}"
+    print(head)
+
+    def row(label, p, prefix=""):
+        drops = sum(v for k, v in p.items() if k.startswith(prefix + "drop_"))
+        line = (f"  {label:<10} {p.get(prefix + 'rx_frames', 0):>12} {p.get(prefix + 'rx_bytes', 0):>14} "
+                f"{p.get(prefix + 'tx_frames', 0):>12} {p.get(prefix + 'tx_bytes', 0):>14} "
+                f"{p.get(prefix + 'floods', 0):>10} {drops:>10}")
+        why = _drops_text(p, prefix + "drop_")
+        print(line + (f"  ({why})" if why else ""))
+
+    ports = d["ports"]
+    for k in sorted(ports, key=lambda k: (not k.isdigit(), int(k) if k.isdigit() else 0, k)):
+        row(k, ports[k])
+    if d.get("ports_omitted"):
+        print(f"  ... {d['ports_omitted']} more port(s) not shown (the busiest are; "
+              f"`venet tree` lists every port)")
+    row("all", c, "port_")
+    print("  (rx: frames a port sent into the switch; tx: frames the switch delivered to it; "
+          "all: every port, removed ones too)")
 
 
 # ---- venet stats --watch --------------------------------------------------
@@ -363,6 +414,21 @@ RATE_COLUMNS = (
     ("rx_bytes", ("from_tap_bytes",)),
     ("kicks", ("in_ring.kicks_sent", "out_ring.kicks_sent")),
 )
+
+
+def _rate_counters(d):
+    """A device's counters under the names RATE_COLUMNS reads.  A switch
+    (an entry with "ports") is seen from its frontends' side like a tap
+    device: tx is what the ports sent into it (port_rx_*), rx what it
+    delivered to them (port_tx_*), kicks and drops its ports' sums."""
+    c = d["counters"]
+    if "ports" not in d:
+        return c
+    out = {"to_tap_frames": c.get("port_rx_frames", 0), "to_tap_bytes": c.get("port_rx_bytes", 0),
+           "from_tap_frames": c.get("port_tx_frames", 0), "from_tap_bytes": c.get("port_tx_bytes", 0),
+           "in_ring.kicks_sent": c.get("port_kicks", 0)}
+    out.update((k[5:], v) for k, v in c.items() if k.startswith("port_drop_"))
+    return out
 
 
 def _drop_keys(counters):
@@ -381,10 +447,10 @@ def rates(prev, cur, dt):
     device, link, the RATE_COLUMNS, drops (the sum) and drops_by (reason
     -> rate, non-zero ones only).  A device new since `prev`, or whose
     counters went back (recreated), is measured from zero."""
-    before = {d["device"]: d["counters"] for d in (prev or {}).get("devices", ())}
+    before = {d["device"]: _rate_counters(d) for d in (prev or {}).get("devices", ())}
     out = []
     for d in cur.get("devices", ()):
-        c, p = d["counters"], before.get(d["device"])
+        c, p = _rate_counters(d), before.get(d["device"])
         if p is not None and any(c.get(k, 0) < v for k, v in p.items()):
             p = None
         p = p or {}

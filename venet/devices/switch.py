@@ -10,6 +10,7 @@ may be in the control planes of several buses: their frontends all get
 ports on the same engine.
 """
 import hashlib
+import json
 import logging
 import os
 import threading
@@ -30,6 +31,35 @@ def port_mac(device, port_id):
     """A stable locally administered unicast MAC for port `port_id` of a switch."""
     h = hashlib.sha256(f"{device}/{port_id}".encode()).digest()
     return "02:" + ":".join(f"{b:02x}" for b in h[:5])
+
+
+# A STATS reply is one control message of at most 64 KiB (docs/abi.md)
+# holding every device of the bus, so a switch's per-port detail gets a
+# share of it: the busiest ports, as long as their counters fit.  Every
+# port is still summed in the device's port_* counters, and the admin
+# tree (`venet tree --json`) lists every port.
+STATS_PORT_BYTES = 16 << 10
+
+
+def _activity(counters):
+    return sum(v for k, v in counters.items()
+               if k in ("rx_frames", "tx_frames") or k.startswith("drop_"))
+
+
+def port_detail(per, budget=STATS_PORT_BYTES):
+    """({port: its non-zero counters}, ports left out): the busiest ports
+    (frames and drops) first, then by id, while their JSON fits `budget`
+    bytes."""
+    order = sorted(per.items(), key=lambda kv: (-_activity(kv[1]), isinstance(kv[0], str), kv[0]))
+    shown, used = {}, 0
+    for k, s in order:
+        entry = {n: v for n, v in s.items() if v}
+        size = len(json.dumps({str(k): entry}, separators=(",", ":")))
+        if used + size > budget:
+            break
+        shown[str(k)] = entry
+        used += size
+    return shown, len(per) - len(shown)
 
 
 def parse_uplink(text):
@@ -127,9 +157,9 @@ class SwitchDevice:
 
     def stats(self):
         flat, per = self.counters()
+        ports, omitted = port_detail(per)
         return {"device": self.name, "tap": self.tap_name, "link": self.link, "busy": False,
-                "counters": flat,
-                "ports": {str(k): {n: v for n, v in s.items() if v} for k, s in per.items()}}
+                "counters": flat, "ports": ports, "ports_omitted": omitted}
 
     def _gone(self, port, stats):
         with self._lock:
