@@ -43,6 +43,7 @@ cdef class Worker:
     cdef vbus_task_t *polls         # tasks being busy-polled
     cdef vbus_task_t *done          # dropped after DONE, to report
     cdef int64_t window             # the adaptive busy-poll window
+    cdef uint64_t last_check        # when the worker last looked for ready fds
     cdef uint64_t st_wakeups, st_turns, st_busy_polls
     cdef readonly int ntasks
     cdef readonly int cpu           # pinned to this CPU (-1: not pinned)

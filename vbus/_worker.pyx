@@ -64,6 +64,10 @@ cdef enum:
     MAX_EVENTS = 64
     MIN_POLL_NS = 20_000        # the shortest adaptive poll window
     POLL_SPINS = 64             # peeks between two syscalls of a busy-poll (about a microsecond)
+    # Between rounds of busy tasks the worker looks for newly woken ones at
+    # most this often: a look costs a syscall, and a task that did some
+    # work and will find none on its next turn should not pay it each time.
+    RECHECK_NS = 20_000
 
 MAX_WORKERS = 256
 REMOVE_TIMEOUT = 5.0            # a worker never blocks on a peer: this is a bug's bound
@@ -583,10 +587,14 @@ cdef class Worker:
                     round_ -= 1
                     self._turn(self.rhead, 0)
                 if self.rhead != NULL:
-                    # Tasks woken meanwhile join the next round.
-                    n = epoll_wait(self.epfd, evs, MAX_EVENTS, 0)
-                    if n > 0:
-                        self._dispatch(evs, n)
+                    # Tasks woken meanwhile join the next round (looked for
+                    # at most every RECHECK_NS: a wait bounded in time).
+                    now = shm_now_ns()
+                    if now - self.last_check >= RECHECK_NS:
+                        self.last_check = now
+                        n = epoll_wait(self.epfd, evs, MAX_EVENTS, 0)
+                        if n > 0:
+                            self._dispatch(evs, n)
                 continue
             if self.polls != NULL:
                 if not self._busy_poll():
@@ -599,6 +607,7 @@ cdef class Worker:
                     return LOOP_TIMEOUT
                 ms = <int>((deadline - now) // 1000000) + 1
             n = epoll_wait(self.epfd, evs, MAX_EVENTS, ms)
+            self.last_check = shm_now_ns()
             if n < 0:
                 if errno == EINTR:
                     continue
