@@ -286,17 +286,20 @@ def syscall_section(data):
     return out
 
 
-def recheck_section(e2e_base, e2e_new, ring_base, ring_new):
+def recheck_section(e2e_base, e2e_news, ring_base, ring_new):
     """The same benchmarks re-run on later code (docs/*-recheck.json): the
     ratios that matter, base run beside re-run."""
     out = ["## Re-checks on later code", "",
            "```",
-           "python -m venet bench e2e --topologies veth,venet --repeats 3 --json docs/e2e-recheck.json",
+           "python -m venet bench e2e --topologies veth,venet,venet-capture --repeats 3 --json docs/e2e-recheck.json",
+           "python -m venet bench e2e --topologies veth,venet,venet-any,venet-pin --repeats 3 --json docs/e2e-recheck-2.json",
            "python -m venet bench ring --json docs/ring-recheck.json",
            "```", "",
            "After a change that touches the data path, the e2e and ring benchmarks are re-run and "
            "set against the full runs above; only ratios within one run are compared.", ""]
-    if e2e_base and e2e_new:
+    for e2e_new in e2e_news:
+        if not e2e_base:
+            break
         def ratios(data):
             v = {(r["topology"], r["client"], r["mtu"], r["metric"]): r["value"] for r in data["rows"]}
             got = {}
@@ -320,6 +323,7 @@ def recheck_section(e2e_base, e2e_new, ring_base, ring_new):
                 c, d, q = new[k]
                 out.append(f"| {k[0]} | {k[1]} | {a:.2f} | {b:.2f} | {r:.2f} | {c:.2f} | {d:.2f} | {q:.2f} |")
         out.append("")
+        out += _capture_rows(e2e_new)
     if ring_base and ring_new:
         def vals(data):
             return {(r["name"], r["metric"]): r["value"] for r in data["rows"]}
@@ -336,6 +340,24 @@ def recheck_section(e2e_base, e2e_new, ring_base, ring_new):
                 out.append(f"| {key[0]} {key[1]} | {b[key]:,.0f} | {n[key]:,.0f} | {n[key] / b[key]:.2f} |")
         out.append("")
     return out
+
+
+def _capture_rows(data):
+    """venet with a capture attached against venet without, same run (the
+    target of issue 15: TCP at >= 0.8x, no traffic lost to the capture)."""
+    v = {(r["topology"], r["client"], r["metric"]): r["value"] for r in data["rows"]}
+    out = []
+    for client, metric in (("iperf3-mtu1500", "gbit_per_s"), ("sockperf-64", "rtt_us_p50"),
+                           ("sockperf-1400", "rtt_us_p50")):
+        a, b = v.get(("venet", client, metric)), v.get(("venet-capture", client, metric))
+        if a and b:
+            out.append(f"| {client} | {metric} | {a:.2f} | {b:.2f} | {b / a:.2f} |")
+    if not out:
+        return []
+    return (["The same run with `venet capture -w FILE` attached to the bridge's device "
+             "(`venet-capture`), against it without:", "",
+             "| client | metric | venet | venet + capture | ratio |", "|---|---|---:|---:|---:|"]
+            + out + [""])
 
 
 def isolation_section(data):
@@ -560,7 +582,8 @@ def render():
         out += ["(vhost-bench.json has not been produced yet: `python -m venet bench vhost --json "
                 "docs/vhost-bench.json`.)", ""]
     if _load("e2e-recheck.json") or _load("ring-recheck.json"):
-        out += recheck_section(_load("e2e.json"), _load("e2e-recheck.json"),
+        reruns = [d for d in (_load("e2e-recheck.json"), _load("e2e-recheck-2.json")) if d]
+        out += recheck_section(_load("e2e.json"), reruns,
                                _load("ring-bench.json"), _load("ring-recheck.json")) + [""]
     out += ["## pytest-benchmark suites", "",
             "```",
