@@ -15,10 +15,12 @@ pump stopped, memory unmapped, ready for the next frontend.
 import atexit
 import base64
 import binascii
+import bisect
 import collections
 import errno
 import heapq
 import itertools
+import json
 import logging
 import os
 import selectors
@@ -206,12 +208,7 @@ class Device:
                 self._lock.release()
 
     def event(self, etype, a=0, b=0):
-        if self.evq is not None and (self.caps.get(abi.CAP_GROUP_EVENTQ, 0) & abi.CAP_EVQ_LINKSTATE
-                                     or etype != abi.EV_LINKSTATE):
-            try:
-                self.evq.put(abi.EVENT_STRUCT.pack(etype, abi.EVENT_SIZE, a, b), timeout=0)
-            except ioq.IoqError:
-                pass
+        post_event(self, etype, a, b)
 
     def linkdown(self):
         with self._lock:
@@ -337,6 +334,22 @@ class Device:
             self.tap_fd = -1
 
 
+def post_event(dev, etype, a=0, b=0):
+    """Post an event on the event queue of `dev` (a Device, or a switch's
+    port: anything with `evq` and `caps`), from the control thread while
+    no pump or engine produces on it.  Link-state events only if the
+    frontend negotiated them; a full queue loses the event (the control
+    thread never waits on a frontend)."""
+    if dev.evq is None:
+        return
+    if etype == abi.EV_LINKSTATE and not dev.caps.get(abi.CAP_GROUP_EVENTQ, 0) & abi.CAP_EVQ_LINKSTATE:
+        return
+    try:
+        dev.evq.put(abi.EVENT_STRUCT.pack(etype, abi.EVENT_SIZE, a, b), timeout=0)
+    except ioq.IoqError:
+        pass
+
+
 def attach_memory(fds):
     """A frontend's REGISTER: the region and doorbells of `fds` (the memfd,
     then a (producer, consumer) doorbell pair per ring) attached with the
@@ -414,6 +427,21 @@ def _log_drops(name, session):
         # can end sessions with drops in a loop).
         _drops_log(logging.WARNING, "drops", "device %s: frames dropped during the session that "
                    "ended: %s", name, what, device=name)
+
+
+def _json_len(obj):
+    # As control.encode() writes a body: its length in bytes (ASCII escapes).
+    return len(json.dumps(obj, separators=(",", ":")))
+
+
+def _wire_stats(s):
+    """A device's stats as STATS sends them: zero counters left out (a
+    client reads an absent counter as 0), which keeps a bus of many used
+    devices to few pages."""
+    c = s.get("counters")
+    if not isinstance(c, dict):
+        return s
+    return dict(s, counters={k: v for k, v in c.items() if v})
 
 
 def _flatten(s, prefix=""):
@@ -1038,6 +1066,46 @@ class Bridge:
         return dict(self.counters, connections=len(self.conns), max_connections=self.max_connections,
                     max_per_process=self.max_per_process, max_devices=self.max_devices)
 
+    def stats_page(self, body):
+        """A STATS reply: one page of the bus's devices, by name, that fits
+        one reply whatever the bus holds (docs/abi.md, "STATS").  body:
+        `device` (that one only), or `after` (the devices whose names sort
+        after it) and `limit` (at most that many); `more` says whether
+        devices are left after this page.  Zero counters are left out."""
+        name = field(body, "device", str, hi=64, optional=True)
+        after = field(body, "after", str, hi=64, optional=True)
+        limit = field(body, "limit", int, lo=1, hi=1 << 31, optional=True)
+        if name is not None:
+            if name not in self.devices:
+                raise DeviceError(f"no device {name!r} on bus {self.bus}")
+            names = [name]
+        else:
+            names = sorted(self.devices)
+            if after is not None:
+                names = names[bisect.bisect_right(names, after):]
+        page = {"bus": self.bus, "devices": [], "control": self.control_stats(), "more": False}
+        # Sizes are those control.encode() will find: ASCII-escaped JSON
+        # without spaces.  "more": false is the longer of its two values.
+        used = _json_len(page)
+        for n in names:
+            if limit is not None and len(page["devices"]) >= limit:
+                page["more"] = True
+                break
+            entry = _wire_stats(self.devices[n].stats())
+            size = _json_len(entry) + 1         # and its comma
+            if used + size > control.MAX_REPLY_BODY:
+                if page["devices"]:
+                    page["more"] = True
+                    break
+                # Alone and still too large (no device class makes one
+                # this large): named, its counters left out, not refused.
+                entry = {k: entry[k] for k in ("device", "tap", "link", "busy") if k in entry}
+                entry.update(counters={}, truncated=True)
+                size = _json_len(entry) + 1
+            page["devices"].append(entry)
+            used += size
+        return page
+
     def _handle(self, conn, mtype, body, fds):
         if mtype not in _REQUESTS:
             raise ProtocolError(f"unknown message type {mtype}")
@@ -1058,8 +1126,7 @@ class Bridge:
         if mtype == control.LIST:
             return {"devices": [d.describe() for d in self.devices.values()]}
         if mtype == control.STATS:
-            return {"bus": self.bus, "devices": [d.stats() for d in self.devices.values()],
-                    "control": self.control_stats()}
+            return self.stats_page(body)
         if mtype == control.CAPTURE_START:
             return self._capture_start(conn, body, fds)
         if mtype == control.CAPTURE_STOP:

@@ -69,6 +69,29 @@ RETRY_MAX = 0.1
 _CONN_ERRORS = (OSError, control.ProtocolError)
 
 
+# Pages `Bus.stats()` asks for at the most: each holds at least one
+# device, a bus far fewer than this many.
+STATS_MAX_PAGES = 1 << 16
+
+
+class Counters(dict):
+    """A device's counters as STATS sends them (zero ones left out): an
+    absent name reads as 0 (without being added); get() and `in` see only
+    what was sent."""
+
+    def __missing__(self, key):
+        return 0
+
+
+def _stats_view(s):
+    for d in s.get("devices") or ():
+        if isinstance(d.get("counters"), dict):
+            d["counters"] = Counters(d["counters"])
+        if isinstance(d.get("ports"), dict):
+            d["ports"] = {k: Counters(v) if isinstance(v, dict) else v for k, v in d["ports"].items()}
+    return s
+
+
 class LinkDown(ConnectionError):
     """The device's link is down: the backend went away or took it down."""
 
@@ -256,8 +279,37 @@ class Bus:
     def list(self):
         return self._control(control.LIST)["devices"]
 
-    def stats(self):
-        return self._control(control.STATS)
+    def stats(self, device=None):
+        """The bus's counters: {"bus", "devices": [...], "control"}, every
+        device of the bus (device=NAME: that one only; RemoteError if the
+        bus has none of that name).  The bridge answers STATS a page at a
+        time, each one reply long: the pages are asked for in turn, by
+        name, so the devices are not read at one instant but within the
+        few milliseconds the pages take.  The bridge leaves zero counters
+        out: a device's `counters` (and a switch's per-port ones) read an
+        absent name as 0."""
+        if device is not None:
+            s = self._control(control.STATS, {"device": device})
+            s.pop("more", None)
+            return _stats_view(s)
+        s = self._control(control.STATS)
+        devices = list(s.get("devices") or ())
+        pages = 1
+        while s.get("more") and devices:
+            after = devices[-1].get("device")
+            if not isinstance(after, str) or pages >= STATS_MAX_PAGES:
+                raise control.ProtocolError(f"STATS paging went wrong after {pages} pages "
+                                            f"({len(devices)} devices)")
+            s = self._control(control.STATS, {"after": after})
+            page = s.get("devices") or []
+            if page and not (isinstance(page[0].get("device"), str) and page[0]["device"] > after):
+                raise control.ProtocolError(f"STATS page after {after!r} starts at "
+                                            f"{page[0].get('device')!r}: no progress")
+            devices.extend(page)
+            pages += 1
+        s["devices"] = devices
+        s.pop("more", None)
+        return _stats_view(s)
 
     def open(self, name=None, *, ring_size=None, poll_us=0, offloads=0, buf_size=None, txc=False):
         """Open a device (the only one if name is None) and bring its link up.

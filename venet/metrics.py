@@ -147,6 +147,9 @@ _HELP = {
     "drops": "Frames dropped by the device's pump, by reason",
     "kicks": "Doorbell kicks of the device's rings, by outcome (sent, suppressed, busy, failed)",
 }
+_COUNTER_HELP = {
+    "pumps_wedged": "Pumps whose worker did not let them go in time (a bug): kept, with their memory",
+}
 _DEVICE_LABELS = ["bus", "device", "class"]
 
 
@@ -192,13 +195,9 @@ def families(snapshot):
                         fam(f"venet_ring_{_name(what)}", "counter",
                             f"Ring counter {what} (ring in: frontend to backend, out: backend to frontend)",
                             _DEVICE_LABELS + ["ring"]).add_metric(base + [ring], value)
-                elif key == "pumps_parked":
-                    fam("venet_device_pumps_parked", "counter",
-                        "Pumps that did not stop in time and were parked", _DEVICE_LABELS
-                        ).add_metric(base, value)
                 else:
-                    fam(f"venet_device_{_name(key)}", "counter", f"Device counter {key}",
-                        _DEVICE_LABELS).add_metric(base, value)
+                    doc = _COUNTER_HELP.get(key, f"Device counter {key}")
+                    fam(f"venet_device_{_name(key)}", "counter", doc, _DEVICE_LABELS).add_metric(base, value)
         for key, value in sorted((bus.get("control") or {}).items()):
             if key == "connections" or key.startswith("max_"):
                 fam(f"venet_control_{_name(key)}", "gauge", f"Control plane: {key.replace('_', ' ')}",

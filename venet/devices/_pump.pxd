@@ -96,7 +96,6 @@ cdef class Pump(Task):
     cdef int _turn(self, uint32_t events) noexcept nogil
     cdef uint32_t _ring_to_port(self) noexcept nogil
     cdef void _txc(self, uint32_t status) noexcept nogil
-    cdef void _post_txc(self, uint64_t cookie, uint32_t status) noexcept nogil
     cdef void _write_frame(self, uint32_t n, uint32_t k) noexcept nogil
     cdef uint32_t _vnet_header(self, uint32_t flags, uint64_t *total) noexcept nogil
     cdef uint32_t _port_to_ring(self, pump_wake_t *w) noexcept nogil

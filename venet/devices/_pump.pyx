@@ -51,6 +51,7 @@ from ioq._ring cimport Ring
 from venet.abi cimport *
 from venet.meta cimport *
 from venet.chain cimport *
+from venet.devices.events cimport venet_post_txc
 from venet.devices.port cimport venet_port_t
 from venet.devices.tap_port cimport tap_port_init
 from vbus.worker cimport *
@@ -227,32 +228,13 @@ cdef class Pump(Task):
     cdef inline void _txc(self, uint32_t status) noexcept nogil:
         """The frame in items[] is done with (written, or refused for
         `status`): its EV_TXC event, if it asked for one."""
-        if self.known_flags & VENET_F_TXC and self.items[0].flags & VENET_F_TXC:
-            self._post_txc(self.items[0].cookie, status)
-
-    cdef void _post_txc(self, uint64_t cookie, uint32_t status) noexcept nogil:
-        """Tell the frontend we are done with the frame it tagged `cookie`,
-        and what became of it (VENET_TXC_*)."""
-        cdef ioq_ring_t *e = &self.evq.r
-        cdef ioq_desc_t *d
-        cdef venet_event_t *ev
-        if ioq_free(e, 1) == 0:
-            self.st.txc_lost += 1
+        if not (self.known_flags & VENET_F_TXC and self.items[0].flags & VENET_F_TXC):
             return
-        d = ioq_slot(e, 0)
-        d.offset = ioq_pair(e, e.head)
-        ev = <venet_event_t *>(e.base + d.offset)
-        ev.type = VENET_EV_TXC
-        ev.size = sizeof(venet_event_t)
-        ev.a = cookie
-        ev.b = <uint64_t>VENET_RING_TX | (<uint64_t>status << 32)
-        d.cookie = e.head
-        d.len = sizeof(venet_event_t)
-        d.flags = 0
-        d.user = 0
-        ioq_commit(e, 1)
-        self.st.txc_events += 1
-        self.txc_posted += 1
+        if venet_post_txc(&self.evq.r, self.items[0].cookie, status):
+            self.st.txc_events += 1
+            self.txc_posted += 1
+        else:
+            self.st.txc_lost += 1
 
     cdef void _write_frame(self, uint32_t n, uint32_t k) noexcept nogil:
         """Write one popped frame, items[0:k] of a chain peeked n long, to

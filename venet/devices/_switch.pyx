@@ -38,6 +38,7 @@ from ioq._ring cimport Ring
 from venet.abi cimport *
 from venet.meta cimport *
 from venet.chain cimport *
+from venet.devices.events cimport venet_post_txc
 from vbus.worker cimport *
 from vbus._worker cimport Task
 
@@ -388,32 +389,14 @@ cdef void forward(sw_t *sw, uint32_t slot, const iovec *iov, uint32_t niov, uint
 
 # ---- a port's turn --------------------------------------------------------
 
-cdef void post_txc(sw_port_t *p, uint64_t cookie, uint32_t status) noexcept nogil:
-    cdef ioq_ring_t *e = p.evq
-    cdef ioq_desc_t *d
-    cdef venet_event_t *ev
-    if ioq_free(e, 1) == 0:
-        p.st.txc_lost += 1
-        return
-    d = ioq_slot(e, 0)
-    d.offset = ioq_pair(e, e.head)
-    ev = <venet_event_t *>(e.base + d.offset)
-    ev.type = VENET_EV_TXC
-    ev.size = sizeof(venet_event_t)
-    ev.a = cookie
-    ev.b = <uint64_t>VENET_RING_TX | (<uint64_t>status << 32)
-    d.cookie = e.head
-    d.len = sizeof(venet_event_t)
-    d.flags = 0
-    d.user = 0
-    ioq_commit(e, 1)
-    p.st.txc_events += 1
-    p.txc_posted += 1
-
-
 cdef inline void txc(sw_t *sw, sw_port_t *p, uint32_t status) noexcept nogil:
-    if p.evq != NULL and sw.items[0].flags & VENET_F_TXC:
-        post_txc(p, sw.items[0].cookie, status)
+    if p.evq == NULL or not sw.items[0].flags & VENET_F_TXC:
+        return
+    if venet_post_txc(p.evq, sw.items[0].cookie, status):
+        p.st.txc_events += 1
+        p.txc_posted += 1
+    else:
+        p.st.txc_lost += 1
 
 
 cdef uint32_t check_frame(sw_t *sw, sw_port_t *p, uint32_t flags, iovec *iov, uint64_t *total,

@@ -33,9 +33,9 @@ def port_mac(device, port_id):
     return "02:" + ":".join(f"{b:02x}" for b in h[:5])
 
 
-# A STATS reply is one control message of at most 64 KiB (docs/abi.md)
-# holding every device of the bus, so a switch's per-port detail gets a
-# share of it: the busiest ports, as long as their counters fit.  Every
+# A STATS page is one control message of at most 64 KiB (docs/abi.md)
+# holding as many devices as fit, so a switch's per-port detail is kept to
+# a share of it: the busiest ports, as long as their counters fit.  Every
 # port is still summed in the device's port_* counters, and the admin
 # tree (`venet tree --json`) lists every port.
 STATS_PORT_BYTES = 16 << 10
@@ -247,12 +247,8 @@ class SwitchPort:
         self.link = True
 
     def event(self, etype, a=0, b=0):
-        if self.evq is not None and (self.caps.get(abi.CAP_GROUP_EVENTQ, 0) & abi.CAP_EVQ_LINKSTATE
-                                     or etype != abi.EV_LINKSTATE):
-            try:
-                self.evq.put(abi.EVENT_STRUCT.pack(etype, abi.EVENT_SIZE, a, b), timeout=0)
-            except ioq.IoqError:
-                pass
+        from venet import bridge
+        bridge.post_event(self, etype, a, b)
 
     def linkdown(self):
         if self.slot is not None:
