@@ -14,6 +14,13 @@ rx = driver -> backend, tx = backend -> driver:
         are the engine's own counters over the window (tx_frames: taken
         from the driver, rx_frames: given to it).  -poll: the engine with
         poll_us (POLL_US); without: signal mode (kicks and calls).
+  venet-vhost-reflect-{rx,tx}-64[-poll]   frames_per_s.  The same with
+        no port behind the engine: it gives what the driver sends straight
+        back to the driver's RX queue through a FIFO of frames in its own
+        memory (Engine reflect=256; a full FIFO refuses the frame, counted
+        as tx_drop_port).  No syscall per frame: the connector alone (chain
+        walk, header translation, two copies per frame, kicks and calls),
+        the figure to set against dpdk-vhost-loop-*.
   venet-vhost-idle-cpu    cpu_percent of the engine's worker thread over a
         window with the driver connected and nothing to move (signal mode).
   dpdk-vhost-{rx,tx}-{64,1500}  frames_per_s.  testpmd net_vhost as the
@@ -132,7 +139,7 @@ class VenetLoop:
     """A venet-loopback device and its vhost-user connector in this process,
     on a pool of one worker pinned to `cpu`."""
 
-    def __init__(self, path, cpu, poll_us=0):
+    def __init__(self, path, cpu, poll_us=0, reflect=0):
         from vbus._worker import Pool, Worker
         from venet import bridge
         from venet.classes import loop_port
@@ -141,9 +148,11 @@ class VenetLoop:
         w = self.pool.workers[0]
         # Pin the worker's thread (the pool pins to the i-th usable CPU).
         os.sched_setaffinity(w.tid, {cpu})
+        # reflect: the engine's FIFO stands for the port; the loopback
+        # socket is then only watched (nothing writes to it).
         self.dev = bridge.Device("vbench0", "loopback", loop_port(), False, "02:00:00:00:00:01", 1500,
                                  pool=self.pool)
-        self.c = Connector(self.dev, path, poll_us=poll_us).start()
+        self.c = Connector(self.dev, path, poll_us=poll_us, reflect=reflect).start()
 
     def counters(self):
         return self.c.stats()
@@ -154,9 +163,9 @@ class VenetLoop:
         self.pool.close()
 
 
-def venet_loop(dir_, length, poll_us, secs, cpus):
-    path = os.path.join(dir_, f"venet-{length}-{poll_us}.sock")
-    v = VenetLoop(path, cpus[0], poll_us)
+def venet_loop(dir_, length, poll_us, secs, cpus, reflect=0):
+    path = os.path.join(dir_, f"venet-{length}-{poll_us}-{reflect}.sock")
+    v = VenetLoop(path, cpus[0], poll_us, reflect)
     tp = None
     try:
         tp = Testpmd(cpus[1], [f"net_virtio_user0,path={path},queues=1,mac={DMAC}"], "io",
@@ -331,6 +340,18 @@ def run(quick=False, progress=print, secs=None, count=None):
                     row(names[1][0], "frames_per_s", got["tx"])
                     notes.append(f"venet-vhost-*-{length}{sfx}: engine wake-ups {got['wakeups_per_s']:,.0f}/s, "
                                  f"calls {got['calls_per_s']:,.0f}/s, drops {got['drops']}")
+            for poll_us, sfx in ((0, ""), (POLL_US, "-poll")):
+                if length != 64:
+                    break
+                names = [(f"venet-vhost-reflect-rx-{length}{sfx}", "frames_per_s"),
+                         (f"venet-vhost-reflect-tx-{length}{sfx}", "frames_per_s")]
+                got = step(names, lambda: venet_loop(dir_, length, poll_us, secs, cpus, reflect=256))
+                if got is not None:
+                    row(names[0][0], "frames_per_s", got["rx"])
+                    row(names[1][0], "frames_per_s", got["tx"])
+                    notes.append(f"venet-vhost-reflect-*-{length}{sfx}: engine wake-ups "
+                                 f"{got['wakeups_per_s']:,.0f}/s, calls {got['calls_per_s']:,.0f}/s, "
+                                 f"drops {got['drops']}")
             got = step([(f"dpdk-vhost-rx-{length}", "frames_per_s")],
                        lambda: _steady(dpdk_pair(dir_, length, "rxonly", "txonly", secs, cpus)[0]))
             if got is not None:
@@ -387,6 +408,9 @@ def _targets(rows, notes):
                          + (f"; / DPDK's loop of the same shape = {rl:.2f}" if rl is not None else ""))
         if s is not None:
             notes.append(f"target {d} 64: venet signal / venet poll = {s:.2f} (aim >= 0.5)")
+        e = ratio(f"venet-vhost-reflect-{d}-64-poll", f"dpdk-vhost-loop-{d}-64")
+        if e is not None:
+            notes.append(f"{d} 64, the connector alone (no port): venet reflect poll / DPDK's loop = {e:.2f}")
     p = ratio("venet-vhost-ping", "dpdk-vhost-tap-ping")
     if p is not None:
         notes.append(f"target ping: venet / DPDK net_vhost+net_tap = {p:.2f} (aim <= 1.0)")

@@ -8,9 +8,11 @@ driver can make the connector hold or wait for.
 - a message of each size at the protocol's boundaries.
 """
 import os
+import select
 import socket
 import struct
 import threading
+import time
 
 import pytest
 
@@ -36,10 +38,6 @@ def send_fds(sock, data, fds):
     return sock.sendmsg([data], anc)
 
 
-@pytest.mark.xfail(strict=True, reason="venet/vhost/backend.py Session.readable() checks the fd "
-                   "count only when the header completes; fds that come with the payload's pieces "
-                   "pile up unchecked (up to 8 per byte of a 4096-byte payload) until the message "
-                   "ends or MESSAGE_TIMEOUT")
 def test_fds_with_each_piece_of_a_payload_are_bounded(served):
     """A driver sends SET_MEM_TABLE's header, then its payload one byte
     per sendmsg, each with 8 fds.  The backend must not hold more than
@@ -70,10 +68,6 @@ def test_fds_with_each_piece_of_a_payload_are_bounded(served):
     works(c, peer, driver)
 
 
-@pytest.mark.xfail(strict=True, reason="venet/vhost/backend.py Session.send() is a blocking "
-                   "sendall with MESSAGE_TIMEOUT, run on the connector thread under Connector.lock: "
-                   "a driver that never reads its replies holds that thread and whoever takes the "
-                   "lock (drop(), close() from the daemon) for up to MESSAGE_TIMEOUT per reply")
 def test_a_driver_that_never_reads_replies_blocks_no_one(served, monkeypatch):
     # A long timeout shows the wait; the default (2 s) only shortens it.
     monkeypatch.setattr(backend, "MESSAGE_TIMEOUT", 20.0)
@@ -97,6 +91,47 @@ def test_a_driver_that_never_reads_replies_blocks_no_one(served, monkeypatch):
     finally:
         s.close()               # unblocks a blocked sendall (EPIPE)
     wait_until(lambda: c.stats()["driver_connected"] == 0, 25, "the driver to be gone")
+
+
+def _flood(c, s, counter, seconds=10):
+    """Send GET_FEATURES (whole messages) without reading a reply until
+    the connector counts `counter`, or the connection is gone."""
+    burst = P.HDR.pack(P.GET_FEATURES, P.VERSION, 0) * 100
+    left = burst
+    deadline = time.monotonic() + seconds
+    while c.stats()[counter] == 0 and time.monotonic() < deadline:
+        try:
+            left = left[s.send(left):] or burst     # whole messages, however cut
+        except BlockingIOError:
+            select.select([], [s], [], 0.05)
+        except (BrokenPipeError, ConnectionResetError):
+            break
+
+
+@pytest.mark.parametrize("case", ["stall", "full"])
+def test_a_driver_that_never_reads_replies_is_dropped(served, monkeypatch, case):
+    """Replies the driver does not read wait (it is not read meanwhile);
+    if they do not move within MESSAGE_TIMEOUT, or exceed OUT_MAX_BYTES,
+    the driver is dropped with a reason, and the device serves the next
+    one."""
+    if case == "stall":
+        monkeypatch.setattr(backend, "MESSAGE_TIMEOUT", 0.3)
+        counter, reason = "dropped_output_stall", "replies unread for 0.3 s"
+    else:
+        monkeypatch.setattr(backend, "OUT_MAX_BYTES", 8)     # less than one reply
+        counter, reason = "dropped_output_full", "output queue full"
+    c, dev, peer, driver = served
+    s = raw(c.path)
+    s.setblocking(False)
+    try:
+        _flood(c, s, counter)
+        wait_until(lambda: c.stats()[counter] == 1 and c.stats()["driver_connected"] == 0, 5,
+                   f"the driver to be dropped ({counter})")
+        assert reason in c.last_reason and "the driver does not read its replies" in c.last_reason, \
+            c.last_reason
+    finally:
+        s.close()
+    works(c, peer, driver)
 
 
 def test_a_second_driver_while_one_is_served_is_refused_and_the_first_goes_on(served):

@@ -12,7 +12,8 @@ pytestmark = pytest.mark.skipif(shutil.which("dpdk-testpmd") is None,
                                 reason="dpdk-testpmd is not installed (Debian: apt-get install dpdk-dev)")
 
 NEEDED = ["venet-vhost-rx-64", "venet-vhost-tx-64", "venet-vhost-rx-64-poll", "venet-vhost-tx-64-poll",
-          "dpdk-vhost-rx-64", "dpdk-vhost-tx-64"]
+          "venet-vhost-reflect-rx-64", "venet-vhost-reflect-tx-64", "venet-vhost-reflect-rx-64-poll",
+          "venet-vhost-reflect-tx-64-poll", "dpdk-vhost-rx-64", "dpdk-vhost-tx-64"]
 
 
 @needs_root

@@ -11,6 +11,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from posix.uio cimport iovec
 from venet.devices.port cimport venet_port_t
+from venet.devices.capture cimport venet_cap_tee_t
 from vbus.worker cimport vbus_task_t
 from vbus._worker cimport Task
 
@@ -111,12 +112,28 @@ cdef struct vq_stats_t:
     uint64_t busy_polls         # turns the worker's busy-poll found work for
 
 
+# A port that is a FIFO of frames in memory (`Engine(reflect=N)`): what the
+# driver sends is given back to it, no syscall per frame.  For measuring
+# the engine alone (bench/vhost.py); a device's engine uses its real port.
+cdef struct vq_reflect_t:
+    char *buf                   # slots * slot bytes
+    uint32_t *len               # each slot's frame length (vnet header included)
+    uint32_t slots
+    uint32_t slot
+    uint32_t head               # frames put (the engine's TX side)
+    uint32_t tail               # frames taken (its RX side)
+    uint64_t refused            # frames refused: the FIFO full, or larger than a slot
+
+
 cdef struct vq_dev_t:
     vq_region_t reg[VQ_MAX_REGIONS]
     uint32_t nreg
     uint32_t last_reg           # the region of the last hit
     vq_t q[2]
     venet_port_t port
+    venet_cap_tee_t tee         # the port behind the device's capture taps
+    venet_port_t *io            # what this turn uses: &port, or &tee.port while a capture is attached
+    vq_reflect_t *reflect       # NULL, or the FIFO `port` stands for
     bint event_idx
     bint mrg
     uint32_t hdr_len            # 12 (VERSION_1 or MRG_RXBUF) or 10
@@ -148,5 +165,6 @@ cdef class Engine(Task):
     cdef bint stop_asked
     cdef bint alone                     # run() serves it on a private worker
     cdef object private                 # that worker
+    cdef object capset                  # the device's CaptureSet (keeps tee.set alive)
     cdef readonly int resynced          # queues resumed from the used idx, not the base given
     cdef int _turn(self, uint32_t events) noexcept nogil

@@ -34,6 +34,8 @@ from venet.abi cimport *
 from venet.meta cimport *
 from venet.devices.port cimport venet_port_t
 from venet.devices.tap_port cimport tap_port_init
+from venet.devices.capture cimport venet_cap_tee_init, venet_cap_port
+from venet.devices._capture cimport CaptureSet
 from vbus.worker cimport *
 from vbus._worker cimport Task, Worker
 
@@ -287,7 +289,7 @@ cdef void vq_send(vq_dev_t *d, uint32_t nseg, uint64_t total) noexcept nogil:
         d.iov[niov].iov_len = d.segs[i].len - skip
         skip = 0
         niov += 1
-    w = d.port.send(&d.port, d.iov, niov)
+    w = d.io.send(d.io, d.iov, niov)
     if w != <ssize_t>(flen + 16):
         d.st.tx_drop_port += 1
         return
@@ -317,7 +319,7 @@ cdef int vq_read_port(vq_dev_t *d) noexcept nogil:
     d.iov[0].iov_len = 16
     d.iov[1].iov_base = d.bounce + VQ_HDR_ROOM
     d.iov[1].iov_len = d.bounce_cap - VQ_HDR_ROOM
-    n = d.port.recv(&d.port, d.iov, 2)
+    n = d.io.recv(d.io, d.iov, 2)
     if n < 0:
         if errno != EAGAIN and errno != EINTR:
             d.st.port_read_errors += 1
@@ -451,6 +453,57 @@ cdef uint32_t vq_rx(vq_dev_t *d) noexcept nogil:
     return frames
 
 
+# ---- the reflecting port (benchmarks) ------------------------------------
+
+cdef extern from *:
+    """
+    #include <errno.h>
+    static inline void vq_set_errno(int e) { errno = e; }
+    """
+    void vq_set_errno(int e) noexcept nogil
+
+
+cdef ssize_t vq_reflect_send(venet_port_t *port, iovec *iov, int niov) noexcept nogil:
+    cdef vq_reflect_t *r = <vq_reflect_t *>port.ctx
+    cdef uint64_t total = 0
+    cdef uint32_t off = 0
+    cdef char *dst
+    cdef int i
+    for i in range(niov):
+        total += iov[i].iov_len
+    if r.head - r.tail == r.slots or total > r.slot:
+        r.refused += 1
+        vq_set_errno(EAGAIN)
+        return -1
+    dst = r.buf + <size_t>(r.head % r.slots) * r.slot
+    for i in range(niov):
+        memcpy(dst + off, iov[i].iov_base, iov[i].iov_len)
+        off += <uint32_t>iov[i].iov_len
+    r.len[r.head % r.slots] = off
+    r.head += 1
+    return off
+
+
+cdef ssize_t vq_reflect_recv(venet_port_t *port, iovec *iov, int niov) noexcept nogil:
+    cdef vq_reflect_t *r = <vq_reflect_t *>port.ctx
+    cdef uint32_t n, off = 0, c
+    cdef const char *src
+    cdef int i
+    if r.head == r.tail:
+        vq_set_errno(EAGAIN)
+        return -1
+    n = r.len[r.tail % r.slots]
+    src = r.buf + <size_t>(r.tail % r.slots) * r.slot
+    for i in range(niov):
+        if off >= n:
+            break
+        c = <uint32_t>iov[i].iov_len if iov[i].iov_len < n - off else n - off
+        memcpy(iov[i].iov_base, src + off, c)
+        off += c
+    r.tail += 1
+    return n
+
+
 # ---- the task ------------------------------------------------------------
 
 cdef int _vq_run(vbus_task_t *t, uint32_t events) noexcept nogil:
@@ -505,12 +558,19 @@ cdef class Engine(Task):
 
     def __init__(self, regions, queues, int port_fd, *, int hdr_len=12, bint mrg=True,
                  bint event_idx=False, unsigned int tx_caps=0, unsigned int rx_caps=0,
-                 int mtu=1500, int budget=64, poll_us=0):
+                 int mtu=1500, int budget=64, poll_us=0, CaptureSet capture=None,
+                 unsigned int reflect=0):
         """regions: [(gpa, size, uva, host address)] (memory.MemoryTable);
         queues: two dicts (RX, TX) with num, desc, avail, used (driver
         addresses), base, kick_fd, call_fd.  poll_us: after a turn that
         did work, the worker busy-polls the rings this long before the
-        engine asks for the driver's kicks (0: never)."""
+        engine asks for the driver's kicks (0: never).  capture: the
+        device's capture taps (venet.devices._capture), which see every
+        frame the port takes or gives while one is attached: `out` what the
+        driver sent, `in` what it is given.  reflect: N > 0 puts a FIFO of
+        N frames in memory in place of the port (port_fd is then only
+        watched, never read or written): what the driver sends comes back
+        to it with no syscall per frame, to measure the engine alone."""
         cdef vq_dev_t *d = self.d
         cdef vq_t *q
         cdef uint32_t i
@@ -541,6 +601,24 @@ cdef class Engine(Task):
         # The port is the device's own fd: never read blocking.
         os.set_blocking(port_fd, False)
         tap_port_init(&d.port, port_fd)
+        if reflect:
+            if reflect > 4096:
+                raise ValueError("reflect: at most 4096 frames")
+            d.reflect = <vq_reflect_t *>calloc(1, sizeof(vq_reflect_t))
+            if d.reflect == NULL:
+                raise MemoryError()
+            d.reflect.slots = reflect
+            d.reflect.slot = 16 + mtu + VENET_ETH_HLEN
+            d.reflect.buf = <char *>calloc(reflect, d.reflect.slot)
+            d.reflect.len = <uint32_t *>calloc(reflect, sizeof(uint32_t))
+            if d.reflect.buf == NULL or d.reflect.len == NULL:
+                raise MemoryError()
+            d.port.ctx = d.reflect
+            d.port.send = vq_reflect_send
+            d.port.recv = vq_reflect_recv
+        self.capset = capture
+        venet_cap_tee_init(&d.tee, &d.port, NULL if capture is None else capture.set)
+        d.io = &d.port
         d.bounce_cap = VQ_HDR_ROOM + VENET_MAX_GSO_FRAME
         d.bounce = <char *>calloc(1, d.bounce_cap)
         d.itab = <vring_desc_t *>calloc(VQ_MAX_SEGS, sizeof(vring_desc_t))
@@ -595,6 +673,10 @@ cdef class Engine(Task):
 
     def __dealloc__(self):
         if self.d != NULL:
+            if self.d.reflect != NULL:
+                free(self.d.reflect.buf)
+                free(self.d.reflect.len)
+                free(self.d.reflect)
             free(self.d.bounce)
             free(self.d.itab)
             free(self.d.segs)
@@ -621,11 +703,16 @@ cdef class Engine(Task):
             d.st.wakeups += 1
         if events & VQ_EV_PORT:
             d.port_ready = True
+        # Captures attached or not: looked at once per turn.
+        d.io = venet_cap_port(&d.tee)
         # RX buffers are asked for only while a frame waits for them: a
         # driver refilling its RX ring kicks us for nothing otherwise.
         if rxq.armed and d.rx_len == 0:
             vq_disarm(d, rxq)
-        did = vq_tx(d) + vq_rx(d)
+        did = vq_tx(d)
+        if did and d.reflect != NULL:
+            d.port_ready = True         # no fd says so: the FIFO is ours
+        did += vq_rx(d)
         # The port is watched only when a frame read from it has a place to go.
         d.want_port = rxq.ready and not rxq.broken and d.rx_len == 0
         vbus_task_arm_fd(&self.task, self.port_i, d.want_port)
@@ -697,6 +784,8 @@ cdef class Engine(Task):
         for i in range(1, VQ_NREASONS):
             s["drop_" + REASONS[i]] = bad[i]
         s["base_resyncs"] = self.resynced
+        if self.d.reflect != NULL:
+            s["reflect_refused"] = self.d.reflect.refused
         s["rx_queue_broken"] = int(self.d.q[VQ_RX].broken)
         s["tx_queue_broken"] = int(self.d.q[VQ_TX].broken)
         return s

@@ -15,10 +15,13 @@ device's worker pool while the driver's rings are live.
 
 Session: one connection's state machine.  Each message is read whole
 (header with its fds, then the payload; a message must arrive within
-MESSAGE_TIMEOUT), parsed strictly (protocol.py) and answered as the
-specification says.  A malformed, oversized, out-of-order or unsupported
-message closes the connection with a logged reason; the device is reset and
-serves the next driver.
+MESSAGE_TIMEOUT, with at most MAX_FDS fds however it is cut), parsed
+strictly (protocol.py) and answered as the specification says.  Replies
+never block the control thread: what the socket does not take waits in a
+bounded queue (OUT_MAX_BYTES) written when it is writable; a driver that
+leaves more unread is dropped.  A malformed, oversized, out-of-order or
+unsupported message closes the connection with a logged reason; the device
+is reset and serves the next driver.
 """
 import errno
 import logging
@@ -36,6 +39,7 @@ from venet.vhost.memory import MemoryRefused, MemoryTable
 log = logging.getLogger("venet.vhost")
 
 MESSAGE_TIMEOUT = 2.0           # seconds a message may take to arrive whole
+OUT_MAX_BYTES = 64 << 10        # replies a driver may leave unread before it is dropped
 RETRY = 0.1                     # client mode: pause between dials
 ENGINE_STOP_TIMEOUT = 5.0
 NQUEUES = 2                     # one queue pair: 0 = RX (to the driver), 1 = TX
@@ -121,6 +125,11 @@ class Session:
         self.fds = []
         self.want = None            # (request, flags, size) once the header is in
         self.deadline = None
+        # replies the socket did not take yet: written when it is writable;
+        # meanwhile the driver is not read, and they must move by out_deadline
+        self.out = bytearray()
+        self.out_deadline = None
+        self.events = selectors.EVENT_READ
 
     # ---- reading -----------------------------------------------------------
 
@@ -143,6 +152,12 @@ class Session:
             self.fds += _fds_of(anc)
             if flags & (socket.MSG_CTRUNC | getattr(socket, "MSG_TRUNC", 0)):
                 return self.c._closed(self, f"more than {P.MAX_FDS} file descriptors with one message")
+            # Counted after every read, not once the header is whole: fds may
+            # ride with each piece of a payload, and a message carries at most
+            # MAX_FDS of them, however it is cut.
+            if len(self.fds) > P.MAX_FDS:
+                return self.c._closed(self, f"{len(self.fds)} fds with one message, "
+                                            f"at most {P.MAX_FDS} accepted")
             if not data:
                 if self.hdr or self.want:
                     got = len(self.hdr) if self.want is None else len(self.payload)
@@ -160,8 +175,6 @@ class Session:
                     self.want = P.header(self.hdr)
                 except P.ProtocolError as e:
                     return self.c._closed(self, str(e))
-                if len(self.fds) > P.MAX_FDS:
-                    return self.c._closed(self, f"{len(self.fds)} fds with one message")
                 if self.want[2]:
                     continue
             else:
@@ -178,19 +191,61 @@ class Session:
                     _close(fd)
             if not ok:
                 return False
+            if self.out:
+                # Replies wait: the driver is read again once it has taken
+                # them (backpressure, as venet/bridge.py does).
+                return True
         return True
 
     def expired(self, now):
         return self.deadline is not None and now >= self.deadline
 
+    def stalled(self, now):
+        return self.out_deadline is not None and now >= self.out_deadline
+
+    def next_deadline(self):
+        d = [t for t in (self.deadline, self.out_deadline) if t is not None]
+        return min(d) if d else None
+
     def send(self, data):
-        # Replies are tiny; a driver that does not read them within the
-        # timeout is dropped, never waited for past it.
-        self.sock.settimeout(MESSAGE_TIMEOUT)
+        """Queue a reply: written at once if the socket takes it, else when
+        it becomes writable.  Never blocks (the connector thread serves
+        drop() and close() too); OutputFull when the driver has left more
+        than OUT_MAX_BYTES of replies unread."""
+        if not self.out:
+            try:
+                n = self.sock.send(data, socket.MSG_NOSIGNAL)
+            except BlockingIOError:
+                n = 0
+            data = data[n:]
+            if not data:
+                return
+        if len(self.out) + len(data) > OUT_MAX_BYTES:
+            raise OutputFull(f"output queue full ({len(self.out)} bytes of replies unread, at most "
+                             f"{OUT_MAX_BYTES}): the driver does not read its replies")
+        self.out += data
+        if self.out_deadline is None:
+            self.out_deadline = time.monotonic() + MESSAGE_TIMEOUT
+        self.c._interest(self)
+
+    def writable(self):
+        """Write what the socket takes of the queued replies.  False when
+        the connection is to be closed."""
         try:
-            self.sock.sendall(data)
-        finally:
-            self.sock.setblocking(False)
+            n = self.sock.send(self.out, socket.MSG_NOSIGNAL)
+        except BlockingIOError:
+            return True
+        except (BrokenPipeError, ConnectionResetError):
+            return self.c._closed(self, None)
+        except OSError as e:
+            return self.c._closed(self, f"reply failed: {e.strerror or e}")
+        del self.out[:n]
+        if not self.out:
+            self.out_deadline = None
+            self.c._interest(self)
+        elif n:
+            self.out_deadline = time.monotonic() + MESSAGE_TIMEOUT
+        return True
 
     # ---- messages ----------------------------------------------------------
 
@@ -211,6 +266,9 @@ class Session:
                 self.send(P.reply(request, out))
             elif flags & P.F_NEED_REPLY and self.protocol & P.bit(P.PROTO_REPLY_ACK):
                 self.send(P.reply(request, P.U64.pack(0)))
+        except OutputFull as e:
+            self.c.counters["dropped_output_full"] += 1
+            return self.c._closed(self, str(e))
         except OSError as e:
             return self.c._closed(self, f"reply to {name} failed: {e.strerror or e}")
         try:
@@ -413,18 +471,26 @@ class DeviceBusy(Exception):
     pass
 
 
+class OutputFull(Exception):
+    """A driver left too many replies unread (the reason)."""
+
+
 class Connector:
     """A vhost-user socket serving one device (bridge.Device: its port fd,
     MTU, offered offloads and owner)."""
 
-    def __init__(self, dev, path, client=False, poll_us=None):
+    def __init__(self, dev, path, client=False, poll_us=None, reflect=0):
         self.dev = dev
+        # > 0 (benchmarks): the engine gives the driver's frames back to it
+        # through a FIFO of this many frames instead of the device's port.
+        self.reflect = reflect
         self.path = path
         self.client = client
         self.poll_us = poll_us
         self.counters = {k: 0 for k in (
             "connections", "closed", "messages", "memory_tables", "memory_unsealed", "dropped_protocol",
-            "dropped_timeout", "refused_busy", "refused_second", "engine_starts", "dial_failures")}
+            "dropped_timeout", "dropped_output_full", "dropped_output_stall", "refused_busy",
+            "refused_second", "engine_starts", "dial_failures")}
         self.totals = {}            # engine counters of earlier sessions
         self.wedged = []            # engines a worker did not let go (a bug), with their memory
         self.session = None
@@ -509,21 +575,30 @@ class Connector:
             with self.lock:
                 if self.client and self.session is None:
                     timeout = max(0.0, self._next_dial - time.monotonic())
-                elif self.session is not None and self.session.deadline is not None:
-                    timeout = max(0.0, self.session.deadline - time.monotonic())
-            for key, _ in self.sel.select(timeout):
+                elif self.session is not None and self.session.next_deadline() is not None:
+                    timeout = max(0.0, self.session.next_deadline() - time.monotonic())
+            for key, events in self.sel.select(timeout):
                 if key.data == "stop":
                     return
                 with self.lock:
                     if key.data == "listen":
                         self._accept()
-                    elif isinstance(key.data, Session) and key.data is self.session:
+                        continue
+                    # Each step re-checks the session: the one before may
+                    # have closed it.
+                    if events & selectors.EVENT_WRITE and key.data is self.session:
+                        key.data.writable()
+                    if events & selectors.EVENT_READ and key.data is self.session:
                         key.data.readable()
             with self.lock:
                 now = time.monotonic()
                 if self.session is not None and self.session.expired(now):
                     self.counters["dropped_timeout"] += 1
                     self._closed(self.session, f"message cut short: not whole within {MESSAGE_TIMEOUT} s")
+                if self.session is not None and self.session.stalled(now):
+                    self.counters["dropped_output_stall"] += 1
+                    self._closed(self.session, f"replies unread for {MESSAGE_TIMEOUT} s: the driver "
+                                               f"does not read its replies")
                 if self.client and self.session is None and now >= self._next_dial:
                     self._dial()
 
@@ -558,6 +633,14 @@ class Connector:
         self.session = Session(self, sock)
         self.sel.register(sock, selectors.EVENT_READ, self.session)
         log.info("vhost-user %s: driver connected to device %s", self.path, self.dev.name)
+
+    def _interest(self, session):
+        """While replies wait the socket is watched for writing only: the
+        driver is not read until it has taken them."""
+        events = selectors.EVENT_WRITE if session.out else selectors.EVENT_READ
+        if events != session.events and session is self.session:
+            self.sel.modify(session.sock, events, session)
+            session.events = events
 
     def _closed(self, session, reason):
         """End a session: reason None for the driver's orderly close, else
@@ -606,7 +689,8 @@ class Connector:
             eng = Engine(s.mem.regions, queues, dev.tap_fd, hdr_len=hdr_len,
                          mrg=bool(f & P.bit(P.NET_F_MRG_RXBUF)),
                          event_idx=bool(f & P.bit(P.RING_F_EVENT_IDX)), tx_caps=tx_caps, rx_caps=rx_caps,
-                         mtu=dev.mtu, poll_us=poll_us)
+                         mtu=dev.mtu, poll_us=poll_us, capture=getattr(dev, "captures", None),
+                         reflect=self.reflect)
         except ValueError as e:
             raise P.ProtocolError(str(e)) from None
         # The claim and the daemon's OPEN are both made under the device's
