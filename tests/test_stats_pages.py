@@ -257,3 +257,19 @@ def test_256_used_devices_are_listed_by_stats_watch_and_the_scrape(used_bus):
     for n in names:
         labels = {"bus": "t", "device": n, "class": "venet-loopback", "direction": "tx"}
         assert samples[("venet_device_frames_total", tuple(sorted(labels.items())))] == 1
+
+
+def test_list_pages_cover_a_bus_of_any_size(serve):
+    """LIST is paged like STATS: 1000 devices (a reply holds a few hundred
+    descriptions) are listed whole by the frontend, each reply within the
+    limit; a plain LIST gets the first page and `more`."""
+    names = [f"d{i:04d}" for i in range(1000)]
+    path = serve([StandIn(n) for n in names])
+    with raw(path) as s:
+        control.send(s, control.LIST, {})
+        mtype, first, _ = control.recv(s)        # recv checks the reply's limit
+        assert mtype == control.REPLY
+        assert first["more"] is True and 0 < len(first["devices"]) < 1000
+    with fe.connect(path) as bus:
+        got = [d["name"] for d in bus.list()]
+    assert got == names

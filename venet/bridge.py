@@ -1106,6 +1106,26 @@ class Bridge:
             used += size
         return page
 
+    def list_page(self, body):
+        """A LIST reply: the bus's devices by name, as many as fit one reply,
+        after `after` if given; `more` says whether devices are left (the
+        client asks again with `after` set to the last name it got)."""
+        after = field(body, "after", str, hi=64, optional=True)
+        names = sorted(self.devices)
+        if after is not None:
+            names = names[bisect.bisect_right(names, after):]
+        page = {"devices": [], "more": False}
+        used = _json_len(page)
+        for n in names:
+            entry = self.devices[n].describe()
+            size = _json_len(entry) + 1         # and its comma
+            if used + size > control.MAX_REPLY_BODY and page["devices"]:
+                page["more"] = True
+                break
+            page["devices"].append(entry)
+            used += size
+        return page
+
     def _handle(self, conn, mtype, body, fds):
         if mtype not in _REQUESTS:
             raise ProtocolError(f"unknown message type {mtype}")
@@ -1124,7 +1144,7 @@ class Bridge:
             self._waiting.pop(conn.fd, None)
             return {"version": control.VERSION, "bus": self.bus}
         if mtype == control.LIST:
-            return {"devices": [d.describe() for d in self.devices.values()]}
+            return self.list_page(body)
         if mtype == control.STATS:
             return self.stats_page(body)
         if mtype == control.CAPTURE_START:

@@ -277,39 +277,45 @@ class Bus:
                 raise LinkDown(f"bus {self.path}: the backend went away ({e})") from None
 
     def list(self):
-        return self._control(control.LIST)["devices"]
+        """Every device of the bus (LIST, a page at a time)."""
+        return self._paged(control.LIST, "name")["devices"]
 
     def stats(self, device=None):
         """The bus's counters: {"bus", "devices": [...], "control"}, every
         device of the bus (device=NAME: that one only; RemoteError if the
         bus has none of that name).  The bridge answers STATS a page at a
-        time, each one reply long: the pages are asked for in turn, by
-        name, so the devices are not read at one instant but within the
-        few milliseconds the pages take.  The bridge leaves zero counters
-        out: a device's `counters` (and a switch's per-port ones) read an
-        absent name as 0."""
+        time, each one reply long, so the devices are not read at one
+        instant but within the few milliseconds the pages take.  The bridge
+        leaves zero counters out: a device's `counters` (and a switch's
+        per-port ones) read an absent name as 0."""
         if device is not None:
             s = self._control(control.STATS, {"device": device})
             s.pop("more", None)
             return _stats_view(s)
-        s = self._control(control.STATS)
+        return _stats_view(self._paged(control.STATS, "device"))
+
+    def _paged(self, mtype, key):
+        """A request the bridge answers a page at a time (LIST, STATS):
+        the devices of every page, by name (`key`), in one reply.  The
+        pages are asked for in turn with `after`, the last name got."""
+        s = self._control(mtype)
         devices = list(s.get("devices") or ())
         pages = 1
         while s.get("more") and devices:
-            after = devices[-1].get("device")
+            after = devices[-1].get(key)
             if not isinstance(after, str) or pages >= STATS_MAX_PAGES:
-                raise control.ProtocolError(f"STATS paging went wrong after {pages} pages "
-                                            f"({len(devices)} devices)")
-            s = self._control(control.STATS, {"after": after})
+                raise control.ProtocolError(f"{control.NAMES[mtype]} paging went wrong after "
+                                            f"{pages} pages ({len(devices)} devices)")
+            s = self._control(mtype, {"after": after})
             page = s.get("devices") or []
-            if page and not (isinstance(page[0].get("device"), str) and page[0]["device"] > after):
-                raise control.ProtocolError(f"STATS page after {after!r} starts at "
-                                            f"{page[0].get('device')!r}: no progress")
+            if page and not (isinstance(page[0].get(key), str) and page[0][key] > after):
+                raise control.ProtocolError(f"{control.NAMES[mtype]} page after {after!r} starts "
+                                            f"at {page[0].get(key)!r}: no progress")
             devices.extend(page)
             pages += 1
         s["devices"] = devices
         s.pop("more", None)
-        return _stats_view(s)
+        return s
 
     def open(self, name=None, *, ring_size=None, poll_us=0, offloads=0, buf_size=None, txc=False):
         """Open a device (the only one if name is None) and bring its link up.
