@@ -84,3 +84,39 @@ def test_vhost_driver_refused_on_a_device_with_a_wedged_pump(tmp_path):
         dev.close()
         pool.close()
         b.close()
+
+
+def test_a_wedged_vhost_engine_keeps_the_device_from_a_venet_pump(tmp_path):
+    """An engine a worker did not let go may still use the device's port:
+    the device must refuse a venet frontend's link-up and keep the port's fd
+    open at close, as it does for a wedged pump (Device.wedged)."""
+    import types
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dev = bridge.Device("vw1", "sock", a.detach(), False, "02:00:00:00:00:02", 1500)
+    fd = dev.tap_fd
+    c = Connector(dev, str(tmp_path / "vw1.sock"))
+
+    class Stuck:
+        def remove(self, task, timeout):
+            raise TimeoutError("worker 0 did not answer")
+    eng = types.SimpleNamespace(worker=Stuck())
+    s = types.SimpleNamespace(engine=eng, mem=None, rings=[])
+    try:
+        with dev._lock:
+            dev.owner = c
+        c._stop(s)
+        assert c.wedged
+        assert dev.wedged, "the device does not know its port is still used"
+        dev.reset()                     # what the daemon's reset does after the connector's drop
+        dev.region = object()           # as after a venet frontend's REGISTER
+        with pytest.raises(bridge.DeviceError, match="did not let it go"):
+            dev.linkup()
+        dev.region = None
+        dev.close()
+        assert dev.tap_fd == fd, "the port's fd was closed under the engine"
+    finally:
+        dev.wedged.clear()
+        dev.region = None
+        dev.close()
+        c.close()
+        b.close()

@@ -751,6 +751,10 @@ class Connector:
                 log.error("device %s: the virtqueue engine was not let go (%s); its memory stays "
                           "mapped", dev.name, e)
                 self.wedged.append((eng, s.mem, s.rings))
+                if isinstance(getattr(dev, "wedged", None), list):
+                    # The engine may still use the port: the device then
+                    # refuses a pump's link-up and keeps the port's fd open.
+                    dev.wedged.append(eng)
                 s.mem = None
                 s.rings = [_Ring(), _Ring()]
                 return
