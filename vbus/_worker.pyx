@@ -63,7 +63,7 @@ cdef enum:
     LOOP_ERROR = 3
     MAX_EVENTS = 64
     MIN_POLL_NS = 20_000        # the shortest adaptive poll window
-    POLL_SPINS = 64             # peeks between two syscalls of a busy-poll (about a microsecond)
+    POLL_SPINS = 64             # peeks between two syscalls of a busy-poll: fewer syscalls, bounded in count
     # Between rounds of busy tasks the worker looks for newly woken ones at
     # most this often: a look costs a syscall, and a task that did some
     # work and will find none on its next turn should not pay it each time.

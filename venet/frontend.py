@@ -308,6 +308,9 @@ class Bus:
                                             f"{pages} pages ({len(devices)} devices)")
             s = self._control(mtype, {"after": after})
             page = s.get("devices") or []
+            if not page and s.get("more"):
+                raise control.ProtocolError(f"{control.NAMES[mtype]} page after {after!r} is empty "
+                                            f"and claims more: no progress")
             if page and not (isinstance(page[0].get(key), str) and page[0][key] > after):
                 raise control.ProtocolError(f"{control.NAMES[mtype]} page after {after!r} starts "
                                             f"at {page[0].get(key)!r}: no progress")

@@ -501,7 +501,7 @@ cdef ssize_t vq_reflect_recv(venet_port_t *port, iovec *iov, int niov) noexcept 
         memcpy(iov[i].iov_base, src + off, c)
         off += c
     r.tail += 1
-    return n
+    return n                            # the whole frame, cut or not (port.pxd's contract)
 
 
 # ---- the task ------------------------------------------------------------

@@ -685,6 +685,10 @@ class Connector:
         poll_us = self.poll_us if self.poll_us is not None else getattr(dev, "poll_us", 0)
         if self.wedged:
             raise P.ProtocolError(f"device {dev.name}: a previous engine's worker did not let it go")
+        if getattr(dev, "wedged", None):
+            # A venet frontend's pump that a worker did not let go may still
+            # use the port: never a second user of it (as Device._linkup).
+            raise P.ProtocolError(f"device {dev.name}: its previous pump's worker did not let it go")
         try:
             eng = Engine(s.mem.regions, queues, dev.tap_fd, hdr_len=hdr_len,
                          mrg=bool(f & P.bit(P.NET_F_MRG_RXBUF)),
@@ -747,6 +751,10 @@ class Connector:
                 log.error("device %s: the virtqueue engine was not let go (%s); its memory stays "
                           "mapped", dev.name, e)
                 self.wedged.append((eng, s.mem, s.rings))
+                if isinstance(getattr(dev, "wedged", None), list):
+                    # The engine may still use the port: the device then
+                    # refuses a pump's link-up and keeps the port's fd open.
+                    dev.wedged.append(eng)
                 s.mem = None
                 s.rings = [_Ring(), _Ring()]
                 return
@@ -759,8 +767,9 @@ class Connector:
     def stats(self):
         """Counters: the control plane's and the engine's (all sessions)."""
         out = dict(self.counters)
-        for k, v in self.totals.items():
-            out[k] = v
+        # One C-level copy: the connector thread adds keys to totals when an
+        # engine stops, and this runs on the caller's (admin) thread.
+        out.update(self.totals)
         s = self.session
         eng = s.engine if s is not None else None
         if eng is not None:
