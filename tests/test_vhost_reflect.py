@@ -70,3 +70,34 @@ def test_a_full_fifo_refuses_and_counts(reflecting):
     assert len(got) == s["tx_frames"] and set(got) <= set(sent)
     assert got == sorted(got, key=sent.index)
     assert c.stats()["rx_frames"] == s["tx_frames"]
+
+
+def test_a_readable_port_fd_is_not_watched_in_reflect_mode(tmp_path):
+    """The FIFO stands in for the port: the device's fd, never read in
+    reflect mode, must not be watched, or a frame queued on it (level-
+    triggered) keeps the worker turning the engine for nothing."""
+    import os
+    import socket
+    import threading
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+    a.setblocking(False)
+    dev = bridge.Device("vr1", "reflect", os.dup(a.fileno()), False, "02:00:00:00:00:02", 1500)
+    c = Connector(dev, str(tmp_path / "vr1.sock"), reflect=SLOTS).start()
+    d = Driver(c.path)
+    try:
+        d.setup()
+        wait_until(lambda: c.stats()["rings_live"], 5, "the rings to go live")
+        d.post_rx(8)
+        d.tx(frame(60, b"A"))
+        assert received(d, 1)
+        b.send(b"\x00" * 80)                # the port fd is readable from now on
+        threading.Event().wait(0.2)         # let any spin show
+        turns = c.stats()["turns"]
+        threading.Event().wait(0.5)         # the observation window
+        assert c.stats()["turns"] - turns <= 2, "the worker kept turning the engine"
+    finally:
+        d.close()
+        c.close()
+        dev.close()
+        a.close()
+        b.close()

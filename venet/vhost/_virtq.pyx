@@ -713,8 +713,10 @@ cdef class Engine(Task):
         if did and d.reflect != NULL:
             d.port_ready = True         # no fd says so: the FIFO is ours
         did += vq_rx(d)
-        # The port is watched only when a frame read from it has a place to go.
-        d.want_port = rxq.ready and not rxq.broken and d.rx_len == 0
+        # The port is watched only when a frame read from it has a place to
+        # go, and never in reflect mode: the FIFO stands in for it, and the
+        # fd, never read then, would keep a level-triggered worker spinning.
+        d.want_port = rxq.ready and not rxq.broken and d.rx_len == 0 and d.reflect == NULL
         vbus_task_arm_fd(&self.task, self.port_i, d.want_port)
         if did:
             self.recent = True
