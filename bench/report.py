@@ -293,6 +293,7 @@ def recheck_section(e2e_base, e2e_news, ring_base, ring_new):
            "```",
            "python -m venet bench e2e --topologies veth,venet,venet-capture --repeats 3 --json docs/e2e-recheck.json",
            "python -m venet bench e2e --topologies veth,venet,venet-any,venet-pin --repeats 3 --json docs/e2e-recheck-2.json",
+           "python -m venet bench e2e --topologies veth,venet --repeats 5 --json docs/e2e-recheck-3.json",
            "python -m venet bench ring --json docs/ring-recheck.json",
            "```", "",
            "After a change that touches the data path, the e2e and ring benchmarks are re-run and "
@@ -582,7 +583,8 @@ def render():
         out += ["(vhost-bench.json has not been produced yet: `python -m venet bench vhost --json "
                 "docs/vhost-bench.json`.)", ""]
     if _load("e2e-recheck.json") or _load("ring-recheck.json"):
-        reruns = [d for d in (_load("e2e-recheck.json"), _load("e2e-recheck-2.json")) if d]
+        reruns = [d for d in (_load("e2e-recheck.json"), _load("e2e-recheck-2.json"),
+                              _load("e2e-recheck-3.json")) if d]
         out += recheck_section(_load("e2e.json"), reruns,
                                _load("ring-bench.json"), _load("ring-recheck.json")) + [""]
     out += ["## pytest-benchmark suites", "",
