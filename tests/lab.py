@@ -10,6 +10,7 @@ venet processes run from this checkout (ROOT).
 import os
 import re
 import selectors
+import shutil
 import signal
 import subprocess
 import sys
@@ -121,15 +122,8 @@ class Lab:
             except OSError:
                 pass
         self.namespaces = []
-        for f in os.listdir(self.tmp) if os.path.isdir(self.tmp) else ():
-            try:
-                os.unlink(os.path.join(self.tmp, f))
-            except OSError:
-                pass
-        try:
-            os.rmdir(self.tmp)
-        except OSError:
-            pass
+        # Everything made in it goes, directories too (a daemon's run dir).
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def add_addr(ns, ifname, addr, prefixlen=24, wait=5.0, mtu=None):

@@ -156,7 +156,8 @@ class Daemon(vbus.Observer):
 
     def close(self):
         """Tidy exit: connections closed, devices destroyed (taps we made
-        removed, pumps stopped), sockets unlinked."""
+        removed, pumps stopped), sockets unlinked, the empty bus directory
+        removed."""
         try:
             self.reg.shutdown()
         finally:
@@ -175,6 +176,10 @@ class Daemon(vbus.Observer):
                 try:
                     os.unlink(self.admin_path)
                 except FileNotFoundError:
+                    pass
+                try:
+                    os.rmdir(self.bus_dir)      # ours, empty once the buses are gone
+                except OSError:
                     pass
             self.sel.close()
             os.close(self._stop_r)
