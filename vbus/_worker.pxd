@@ -24,6 +24,9 @@ cdef class Task:
     # object alive while a worker serves it.
     cdef vbus_task_t task
     cdef readonly object worker     # the Worker serving it (None: none)
+    cdef bint alone                 # serve_alone() serves it on a private worker
+    cdef bint stop_asked            # stop() came before or during serve_alone()
+    cdef object private             # serve_alone()'s Worker
 
 
 cdef class Worker:

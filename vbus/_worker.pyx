@@ -82,6 +82,44 @@ cdef class Task:
         self.task.ctx = <void *>self
         self.worker = None
 
+    @property
+    def running(self):
+        """serve_alone() is serving the task, or a pool's worker is."""
+        return self.alone or self.task.epfd >= 0
+
+    def stop(self):
+        """Ask serve_alone() to return (safe from any thread).  A task
+        served by a pool is let go by the pool's remove()."""
+        self.stop_asked = True
+        w = self.private
+        if w is not None:
+            w.stop()
+
+    def serve_alone(self, double timeout=-1, bint until_done=False):
+        """Serve the task alone on a private worker in the calling thread
+        until stop() ('stopped'), `timeout` seconds ('timeout') or, with
+        until_done, its DONE ('done').  The worker is gone when it returns."""
+        if self.task.epfd >= 0 or self.alone:
+            raise RuntimeError("the task is already being served")
+        w = Worker()
+        self.private = w
+        result = "stopped"
+        try:
+            if self.stop_asked:
+                self.stop_asked = False
+                return "stopped"
+            self.alone = True
+            w.add(self)
+            result = w.run(timeout, until_done=until_done)
+            if result == "stopped":
+                self.stop_asked = False
+        finally:
+            w.remove(self)
+            self.private = None
+            self.alone = False
+            w.close()
+        return result
+
 
 cdef class Worker:
     """One epoll serving many tasks.  start() gives it a thread of its own

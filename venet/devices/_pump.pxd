@@ -81,9 +81,6 @@ cdef class Pump(Task):
     cdef uint32_t budget
     cdef int64_t poll_ns
     cdef pump_stats_t st
-    cdef bint alone                 # run() serves it on a private worker (bulk_cpu applies)
-    cdef bint stop_asked
-    cdef object private             # run()'s Worker
     cdef readonly uint32_t caps     # negotiated offload bits (SG group)
     cdef int bulk_cpu               # run here while moving bulk traffic (-1: never)
     cdef bint bulk_pinned

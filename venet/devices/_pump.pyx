@@ -55,7 +55,7 @@ from venet.devices.events cimport venet_post_txc
 from venet.devices.port cimport venet_port_t
 from venet.devices.tap_port cimport tap_port_init
 from vbus.worker cimport *
-from vbus._worker cimport Task, Worker
+from vbus._worker cimport Task
 from venet.devices.capture cimport venet_cap_tee_init, venet_cap_port
 from venet.devices._capture cimport CaptureSet
 
@@ -173,22 +173,9 @@ cdef class Pump(Task):
         return vbus_task_fd(&self.task, fd, bit, edge)
 
     @property
-    def running(self):
-        """run() is serving the pump, or a pool's worker is."""
-        return self.alone or self.task.epfd >= 0
-
-    @property
     def broken(self):
         """The peer corrupted a ring index: the pump ended for good."""
         return bool(self.inr.r.broken or self.outr.r.broken)
-
-    def stop(self):
-        """Ask run() to return (safe from any thread).  A pump served by a
-        pool is stopped by the pool's remove()."""
-        self.stop_asked = True
-        w = self.private
-        if w is not None:
-            w.stop()
 
     # ---- ring side ---------------------------------------------------------
 
@@ -509,24 +496,12 @@ cdef class Pump(Task):
         timeout when idle.  Returns 'stopped', 'timeout' or 'broken' (the
         peer corrupted a ring index).  bulk_cpu applies here only: it moves
         the calling thread."""
-        if self.task.epfd >= 0 or self.alone:
+        if self.running:
             raise RuntimeError("the pump is already being served")
-        w = Worker()
-        self.private = w
-        result = "stopped"
         try:
-            if self.stop_asked:
-                self.stop_asked = False
-                return "stopped"
-            self.alone = True
-            w.add(self)
-            result = w.run(timeout, until_done=True)
-            if result == "stopped":
-                self.stop_asked = False
+            result = self.serve_alone(timeout, until_done=True)
         finally:
-            w.remove(self)
-            self.private = None
-            self.alone = False
+            # What the turns left behind belongs to this thread's run only.
             if self.armed:
                 ioq_disarm(&self.inr.r)
                 ioq_disarm(&self.outr.r)
@@ -534,7 +509,6 @@ cdef class Pump(Task):
             if self.bulk_pinned:
                 sched_setaffinity(0, sizeof(cpu_set_t), &self.saved_mask)
                 self.bulk_pinned = False
-            w.close()
         if self.inr.r.broken or self.outr.r.broken:
             return "broken"
         return result

@@ -162,9 +162,6 @@ cdef class Engine(Task):
     cdef int port_i                     # the port's index in the task's fds
     cdef int64_t poll_ns
     cdef bint recent                    # the last turn did work: busy-poll before arming
-    cdef bint stop_asked
-    cdef bint alone                     # run() serves it on a private worker
-    cdef object private                 # that worker
     cdef object capset                  # the device's CaptureSet (keeps tee.set alive)
     cdef readonly int resynced          # queues resumed from the used idx, not the base given
     cdef int _turn(self, uint32_t events) noexcept nogil

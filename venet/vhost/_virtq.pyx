@@ -37,7 +37,7 @@ from venet.devices.tap_port cimport tap_port_init
 from venet.devices.capture cimport venet_cap_tee_init, venet_cap_port
 from venet.devices._capture cimport CaptureSet
 from vbus.worker cimport *
-from vbus._worker cimport Task, Worker
+from vbus._worker cimport Task
 
 cdef extern from "<sys/mman.h>" nogil:
     void *mmap(void *addr, size_t length, int prot, int flags, int fd, long offset)
@@ -735,43 +735,11 @@ cdef class Engine(Task):
             more = vq_arm(d, rxq)
         return VBUS_TASK_MORE if more else VBUS_TASK_IDLE
 
-    @property
-    def running(self):
-        """run() is serving the engine, or a pool's worker is."""
-        return self.alone or self.task.epfd >= 0
-
-    def stop(self):
-        """Ask run() to return (safe from any thread).  An engine served by
-        a pool is let go by the pool's remove()."""
-        self.stop_asked = True
-        w = self.private
-        if w is not None:
-            w.stop()
-
     def run(self, double timeout=-1):
         """Serve until stop() (or `timeout` s), alone on a private worker
         in the calling thread (tests; a device's engine is served by the
         pool).  Returns 'stopped' or 'timeout'."""
-        if self.task.epfd >= 0 or self.alone:
-            raise RuntimeError("the engine is already being served")
-        w = Worker()
-        self.private = w
-        result = "stopped"
-        try:
-            if self.stop_asked:
-                self.stop_asked = False
-                return "stopped"
-            self.alone = True
-            w.add(self)
-            result = w.run(timeout)
-            if result == "stopped":
-                self.stop_asked = False
-        finally:
-            w.remove(self)
-            self.private = None
-            self.alone = False
-            w.close()
-        return result
+        return self.serve_alone(timeout)
 
     def last_avail(self, int i):
         """The queue's next avail index (GET_VRING_BASE)."""
