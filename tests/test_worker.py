@@ -362,6 +362,20 @@ def daemon2():
     d.cleanup()
 
 
+def _assert_no_wakeups(d):
+    """Once the daemon has gone quiet, no thread of it wakes over 2 s."""
+    def settled():
+        a = _switches(d.pid)
+        time.sleep(0.3)                 # a quiet spell before the measured window
+        return a == _switches(d.pid)
+    wait_until(settled, WAIT, "the daemon to go quiet")
+    before = _switches(d.pid)
+    threading.Event().wait(2.0)         # the observation window
+    after = _switches(d.pid)
+    woke = {t: after[t] - before.get(t, 0) for t in after if after[t] != before.get(t, 0)}
+    assert woke == {}, f"threads woke while idle: {woke}"
+
+
 def test_idle_daemon_with_64_open_devices_makes_no_wakeups(daemon2):
     """64 loopback devices open (link up, pumps armed): over 2 s no thread
     of the daemon wakes up, and it has no more threads than before any
@@ -379,16 +393,7 @@ def test_idle_daemon_with_64_open_devices_makes_no_wakeups(daemon2):
         assert devs[0].recv(timeout=WAIT) == lframe()
         assert d.threads() == threads0, "threads grew with the devices"
 
-        def settled():
-            a = _switches(d.pid)
-            time.sleep(0.3)             # a quiet spell before the measured window
-            return a == _switches(d.pid)
-        wait_until(settled, WAIT, "the daemon to go quiet")
-        before = _switches(d.pid)
-        threading.Event().wait(2.0)     # the observation window
-        after = _switches(d.pid)
-        woke = {t: after[t] - before.get(t, 0) for t in after if after[t] != before.get(t, 0)}
-        assert woke == {}, f"threads woke while idle: {woke}"
+        _assert_no_wakeups(d)
     finally:
         for b in buses:
             b.close()
@@ -411,16 +416,7 @@ def test_an_idle_switch_with_open_ports_makes_no_wakeups(daemon2):
             assert p.recv(timeout=WAIT) == lframe()
         assert d.threads() == threads0, "threads grew with the switch"
 
-        def settled():
-            a = _switches(d.pid)
-            time.sleep(0.3)
-            return a == _switches(d.pid)
-        wait_until(settled, WAIT, "the daemon to go quiet")
-        before = _switches(d.pid)
-        threading.Event().wait(2.0)     # the observation window
-        after = _switches(d.pid)
-        woke = {t: after[t] - before.get(t, 0) for t in after if after[t] != before.get(t, 0)}
-        assert woke == {}, f"threads woke while idle: {woke}"
+        _assert_no_wakeups(d)
     finally:
         for b in buses:
             b.close()
