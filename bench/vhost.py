@@ -136,13 +136,14 @@ def _thread_cpu(tid):
 # ---- venet's connector on a loopback ---------------------------------------
 
 class VenetLoop:
-    """A venet-loopback device and its vhost-user connector in this process,
-    on a pool of one worker pinned to `cpu`."""
+    """A venet-loopback device (or, with `null` set, a venet-null device:
+    null=0 a sink, null=LEN a source of LEN-byte frames) and its vhost-user
+    connector in this process, on a pool of one worker pinned to `cpu`."""
 
-    def __init__(self, path, cpu, poll_us=0, reflect=0):
-        from vbus._worker import Pool, Worker
+    def __init__(self, path, cpu, poll_us=0, reflect=0, null=None):
+        from vbus._worker import Pool
         from venet import bridge
-        from venet.classes import loop_port
+        from venet.classes import loop_port, null_frame
         from venet.vhost.backend import Connector
         self.pool = Pool(1, pin=False)
         w = self.pool.workers[0]
@@ -150,8 +151,13 @@ class VenetLoop:
         os.sched_setaffinity(w.tid, {cpu})
         # reflect: the engine's FIFO stands for the port; the loopback
         # socket is then only watched (nothing writes to it).
-        self.dev = bridge.Device("vbench0", "loopback", loop_port(), False, "02:00:00:00:00:01", 1500,
-                                 pool=self.pool)
+        mac = "02:00:00:00:00:01"
+        if null is None:
+            self.dev = bridge.Device("vbench0", "loopback", loop_port(), False, mac, 1500, pool=self.pool)
+        else:
+            fd = os.eventfd(1 if null else 0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+            self.dev = bridge.Device("vbench0", "null", fd, False, mac, 1500, pool=self.pool,
+                                     null_frame=null_frame(mac, null))
         self.c = Connector(self.dev, path, poll_us=poll_us, reflect=reflect).start()
 
     def counters(self):
@@ -444,3 +450,36 @@ def main(json_path=None, quick=False, out=sys.stdout):
         with open(json_path, "w") as f:
             json.dump({"rows": rows, "notes": notes, "quick": quick, "machine": machine()}, f, indent=1)
     return rows, notes
+
+
+def venet_null(dir_, length, poll_us, secs, cpus, direction):
+    """rx: testpmd txonly -> a venet-null sink; tx: a venet-null source ->
+    testpmd rxonly.  The engine's counters over the window."""
+    path = os.path.join(dir_, f"venet-null-{direction}-{length}-{poll_us}.sock")
+    v = VenetLoop(path, cpus[0], poll_us, null=length - 4 if direction == "tx" else 0)
+    tp = None
+    key = "tx_frames" if direction == "rx" else "rx_frames"
+    try:
+        tp = Testpmd(cpus[1], [f"net_virtio_user0,path={path},queues=1,mac={DMAC}"],
+                     "txonly" if direction == "rx" else "rxonly",
+                     *([f"--txpkts={length - 4}"] if direction == "rx" else []), tag="vbn")
+        tp.wait_for("Port statistics")
+        deadline = time.monotonic() + 10
+        while v.counters()[key] == 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no frames through venet: {tp.text()[-600:]}")
+            time.sleep(0.05)
+        time.sleep(0.5)                 # warm-up
+        a, t0 = v.counters(), time.monotonic()
+        time.sleep(secs)
+        b, t1 = v.counters(), time.monotonic()
+        dt = t1 - t0
+        return {"rate": (b[key] - a[key]) / dt,
+                "driver_pps": tp.rates("Tx-pps" if direction == "rx" else "Rx-pps"),
+                "wakeups_per_s": (b["wakeups"] - a["wakeups"]) / dt,
+                "calls_per_s": (b["calls_sent"] - a["calls_sent"]) / dt,
+                "drops": sum(b[k] - a[k] for k in b if k.startswith(("drop_", "tx_drop", "rx_drop")))}
+    finally:
+        if tp is not None:
+            tp.stop()
+        v.close()

@@ -64,10 +64,13 @@ class Device:
     REMOVE_TIMEOUT = 5.0
 
     def __init__(self, name, tap_name, tap_fd, created, mac, mtu, poll_us=0,
-                 offloads=abi.OFFLOAD_CAPS, cpu=placement.AUTO, pool=None):
+                 offloads=abi.OFFLOAD_CAPS, cpu=placement.AUTO, pool=None, null_frame=None):
         self.name = name
         self.tap_name = tap_name
         self.tap_fd = tap_fd
+        # venet-null (venet/devices/null_port.pxd): tap_fd is its eventfd and
+        # this the frame it gives (b"": a sink only); None: tap_fd is the port.
+        self.null_frame = null_frame
         self.created = created
         self.mac = mac
         self.mtu = mtu
@@ -89,7 +92,8 @@ class Device:
         # linkup/linkdown/reset on the control thread; the worker's report
         # of a pump that ended on its own only takes it without waiting.
         self._lock = threading.RLock()
-        self.is_tap = tap_fd >= 0 and not stat.S_ISSOCK(os.fstat(tap_fd).st_mode)
+        self.is_tap = (tap_fd >= 0 and null_frame is None
+                       and not stat.S_ISSOCK(os.fstat(tap_fd).st_mode))
         # Capture taps: the set outlives pumps (each pump of the device
         # gets it), captures come and go beside the owner.
         self.captures = CaptureSet()
@@ -167,7 +171,8 @@ class Device:
         try:
             # No bulk_cpu: it moves a whole thread, and a worker is shared.
             pump = Pump(tx, rx, self.tap_fd, poll_us=self.poll_us, mtu=self.mtu, caps=caps,
-                        txc_evq=self.evq if txc else None, capture=self.captures)
+                        txc_evq=self.evq if txc else None, capture=self.captures,
+                        null_frame=self.null_frame)
         except (ValueError, OSError) as e:
             if self.is_tap:
                 taplib.set_offloads(self.tap_fd, 0)

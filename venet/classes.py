@@ -1,6 +1,7 @@
-"""The venet device classes of the vbus: `venet-tap`, `venet-loopback` and
-`venet-switch` (venet/devices/switch.py), all presenting the "virtual-ethernet" interface, so the one frontend
-(venet.frontend) drives either with the same code.
+"""The venet device classes of the vbus: `venet-tap`, `venet-loopback`,
+`venet-null` and `venet-switch` (venet/devices/switch.py), all presenting the
+"virtual-ethernet" interface, so the one frontend (venet.frontend) drives
+any of them with the same code.
 
 Each instance wraps a `venet.bridge.Device` (the pump and its rings); the
 daemon puts that Device in the control plane of every bus it is linked to.
@@ -176,6 +177,54 @@ class LoopbackClass(DeviceClass):
         # Every offload is offered: a frame comes back to the frontend that
         # sent it, which negotiated the same offloads, so a GSO super-frame or
         # a partial checksum goes back as it came, its record unchanged.
+        dev.offered[abi.CAP_GROUP_SG] = abi.CAP_SG | abi.OFFLOAD_CAPS
+        return _started(_Instance(dev), attrs)
+
+
+NULL_ETHERTYPE = 0x88B5             # IEEE 802 local experimental: never a real protocol's frame
+NULL_MIN_FRAME = 60                 # the shortest Ethernet frame (no FCS)
+
+
+def null_frame(mac, length):
+    """The frame a venet-null source gives: broadcast from `mac`, the local
+    experimental EtherType, zero payload; `length` bytes (no FCS)."""
+    if length == 0:
+        return b""
+    src = bytes.fromhex(mac.replace(":", ""))
+    return (b"\xff" * 6 + src + NULL_ETHERTYPE.to_bytes(2, "big")).ljust(length, b"\0")
+
+
+class NullClass(DeviceClass):
+    name = "venet-null"
+    interface = INTERFACE
+    multi_open = False
+    doc = "drops what it is sent; with source=LEN gives frames without end (benchmarks; no root)"
+    attrs = (
+        Attr("mtu", int, 1500, **_MTU, doc="largest payload"),
+        Attr("mac", str, "", max_len=17, check=_mac, doc="the device's MAC (empty: derived from the name)"),
+        Attr("source", int, 0, min=0, max=abi.MAX_MTU + 14,
+             doc="0: a sink only; LEN (60..mtu+14): also a source of LEN-byte frames (broadcast, "
+                 "EtherType 0x88b5), given as fast as they are taken"),
+        _VHOST,
+    )
+
+    def create(self, name, attrs):
+        from venet import bridge
+        length, mtu = attrs["source"], attrs["mtu"]
+        if length and not NULL_MIN_FRAME <= length <= mtu + 14:
+            raise VbusDeviceError(f"source {length}: a frame is {NULL_MIN_FRAME}..{mtu + 14} bytes "
+                                  f"with mtu {mtu} (0: no source)")
+        mac = attrs["mac"] or default_mac(name)
+        # The port's fd is an eventfd never read or written after this: always
+        # readable for a source, never for a sink (venet/devices/null_port.pxd).
+        fd = os.eventfd(1 if length else 0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        try:
+            dev = bridge.Device(name, "null", fd, False, mac, mtu, cpu=placement.ANY,
+                                null_frame=null_frame(mac, length))
+        except BaseException:
+            os.close(fd)
+            raise
+        # It accepts any frame (it drops them) and gives plain ones only.
         dev.offered[abi.CAP_GROUP_SG] = abi.CAP_SG | abi.OFFLOAD_CAPS
         return _started(_Instance(dev), attrs)
 

@@ -45,7 +45,7 @@ def class_table():
     when the package's metadata is not installed (a source checkout)."""
     from venet import classes
     table = vbus.ClassTable.discover()
-    for cls in (classes.LoopbackClass, classes.TapClass, classes.SwitchClass):
+    for cls in (classes.LoopbackClass, classes.NullClass, classes.TapClass, classes.SwitchClass):
         if cls.name not in table:
             table.register(cls)
     return table

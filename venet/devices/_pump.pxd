@@ -5,6 +5,7 @@ from ioq._ring cimport Ring
 from venet.abi cimport VENET_MAX_CHAIN, VENET_META_SIZE, VENET_META_NREASONS
 from venet.chain cimport VENET_CHAIN_MAX_IOV
 from venet.devices.port cimport venet_port_t
+from venet.devices.null_port cimport venet_null_t
 from vbus._worker cimport Task
 from venet.devices.capture cimport venet_cap_tee_t
 from venet.devices._capture cimport CaptureSet
@@ -64,6 +65,7 @@ cdef class Pump(Task):
     cdef ioq_sg_t sg[SG_SCRATCH]
     # port side
     cdef venet_port_t port
+    cdef venet_null_t *nullp        # venet-null's port state (NULL: the port is its fd)
     cdef int port_i                 # the port's index in the task's fds (-1: none)
     cdef uint32_t read_slots        # slots one port read may fill
     cdef uint32_t max_plain         # longest frame without GSO: MTU + 14

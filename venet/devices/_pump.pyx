@@ -54,6 +54,8 @@ from venet.chain cimport *
 from venet.devices.events cimport venet_post_txc
 from venet.devices.port cimport venet_port_t
 from venet.devices.tap_port cimport tap_port_init
+from venet.devices.null_port cimport null_new, null_port_init
+from libc.stdlib cimport free
 from vbus.worker cimport *
 from vbus._worker cimport Task
 from venet.devices.capture cimport venet_cap_tee_init, venet_cap_port
@@ -95,9 +97,12 @@ cdef class Pump(Task):
     def __cinit__(self, *args, **kwargs):
         self.port_i = -1
 
+    def __dealloc__(self):
+        free(self.nullp)
+
     def __init__(self, Ring inr not None, Ring outr not None, int tap_fd, *, poll_us=0,
                  int budget=64, int mtu=1500, unsigned int caps=0, Ring txc_evq=None,
-                 int bulk_cpu=-1, CaptureSet capture=None):
+                 int bulk_cpu=-1, CaptureSet capture=None, bytes null_frame=None):
         """caps: the offload bits (venet.abi CAP_CSUM, CAP_TSO4, ...) both
         sides negotiated; the tap's TUNSETOFFLOAD must match them.
         txc_evq: the device's event queue (producer end), when TX
@@ -109,7 +114,10 @@ cdef class Pump(Task):
         pumps (bridge and attach) the same CPU: their kicks to each other
         then wake a thread on the same CPU, not across CPUs (-1: never).
         capture: the device's capture taps (venet.devices._capture), which
-        see every frame the port takes or gives while one is attached."""
+        see every frame the port takes or gives while one is attached.
+        null_frame: the port is venet-null's (venet/devices/null_port.pxd)
+        and tap_fd its eventfd: frames sent are dropped, and a non-empty
+        null_frame is given without end (None: the port is tap_fd)."""
         if self.task.run != NULL:
             raise RuntimeError("a Pump is initialised once")
         if inr.role != 1 or outr.role != 0:
@@ -124,6 +132,13 @@ cdef class Pump(Task):
         self.inr = inr
         self.outr = outr
         tap_port_init(&self.port, tap_fd)
+        if null_frame is not None:
+            if len(null_frame) > mtu + VENET_ETH_HLEN:
+                raise ValueError("the null port's frame is longer than the MTU allows")
+            self.nullp = null_new(<const uint8_t *><const char *>null_frame, len(null_frame))
+            if self.nullp == NULL:
+                raise MemoryError()
+            null_port_init(&self.port, tap_fd, self.nullp)
         self.capset = capture
         venet_cap_tee_init(&self.tee, &self.port, NULL if capture is None else capture.set)
         self.io = &self.port
@@ -378,11 +393,15 @@ cdef class Pump(Task):
         translated in place into venet's offload record (*mflags: its
         VENET_F_* bits, 0 for a plain frame).  False when the peer did not
         negotiate its offloads (counted)."""
-        cdef virtio_net_hdr_t h
+        cdef uint64_t hb[2]
         cdef venet_meta_t meta
         cdef uint32_t st
-        memcpy(&h, buf, sizeof(virtio_net_hdr_t))
-        st = venet_meta_from_virtio(&h, &meta, mflags)
+        # Read once into private memory, all 16 bytes in one copy: a copy of
+        # the 10-byte struct is stored in pieces that a wider load of its
+        # fields then spans, and such a load waits for every older store to
+        # drain, among them the frame's stores into shared memory.
+        memcpy(hb, buf, 16)
+        st = venet_meta_from_virtio(<virtio_net_hdr_t *>hb, &meta, mflags)
         if st == META_OK:
             st = venet_meta_check(&meta, mflags[0], length - VENET_META_SIZE, self.caps, 0xffffffff)
         if st != META_OK:

@@ -11,6 +11,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from posix.uio cimport iovec
 from venet.devices.port cimport venet_port_t
+from venet.devices.null_port cimport venet_null_t
 from venet.devices.capture cimport venet_cap_tee_t
 from vbus.worker cimport vbus_task_t
 from vbus._worker cimport Task
@@ -159,6 +160,7 @@ cdef struct vq_dev_t:
 # turn does at most `budget` frames each way.
 cdef class Engine(Task):
     cdef vq_dev_t *d
+    cdef venet_null_t *nullp            # venet-null's port state (NULL: the port is its fd)
     cdef int port_i                     # the port's index in the task's fds
     cdef int64_t poll_ns
     cdef bint recent                    # the last turn did work: busy-poll before arming

@@ -34,6 +34,7 @@ from venet.abi cimport *
 from venet.meta cimport *
 from venet.devices.port cimport venet_port_t
 from venet.devices.tap_port cimport tap_port_init
+from venet.devices.null_port cimport null_new, null_port_init
 from venet.devices.capture cimport venet_cap_tee_init, venet_cap_port
 from venet.devices._capture cimport CaptureSet
 from vbus.worker cimport *
@@ -273,8 +274,10 @@ cdef void vq_send(vq_dev_t *d, uint32_t nseg, uint64_t total) noexcept nogil:
             skip = 0
         else:
             skip = c
-    memcpy(&h, vh, sizeof(virtio_net_hdr_t))
-    st = venet_meta_from_virtio(&h, &meta, &flags)
+    # vh is private: read in place (a copy into a local struct is stored
+    # in pieces that a wider load then spans, and that load waits for every
+    # older store to drain, among them the copies into the driver's memory)
+    st = venet_meta_from_virtio(<virtio_net_hdr_t *>vh, &meta, &flags)
     if st == META_OK:
         st = venet_meta_check(&meta, flags, fl32, d.tx_caps, d.max_plain)
     if st != META_OK:
@@ -333,8 +336,8 @@ cdef int vq_read_port(vq_dev_t *d) noexcept nogil:
         d.st.rx_drop_short += 1
         return 0
     flen = <uint32_t>(n - 16)
-    memcpy(&h, d.phdr, sizeof(virtio_net_hdr_t))
-    st = venet_meta_from_virtio(&h, &meta, &mflags)
+    # d.phdr is private: read in place (see vq_send)
+    st = venet_meta_from_virtio(<virtio_net_hdr_t *>d.phdr, &meta, &mflags)
     if st == META_OK:
         st = venet_meta_check(&meta, mflags, flen, d.rx_caps, 0xffffffff)
     if st != META_OK:
@@ -559,7 +562,7 @@ cdef class Engine(Task):
     def __init__(self, regions, queues, int port_fd, *, int hdr_len=12, bint mrg=True,
                  bint event_idx=False, unsigned int tx_caps=0, unsigned int rx_caps=0,
                  int mtu=1500, int budget=64, poll_us=0, CaptureSet capture=None,
-                 unsigned int reflect=0):
+                 unsigned int reflect=0, bytes null_frame=None):
         """regions: [(gpa, size, uva, host address)] (memory.MemoryTable);
         queues: two dicts (RX, TX) with num, desc, avail, used (driver
         addresses), base, kick_fd, call_fd.  poll_us: after a turn that
@@ -570,7 +573,10 @@ cdef class Engine(Task):
         driver sent, `in` what it is given.  reflect: N > 0 puts a FIFO of
         N frames in memory in place of the port (port_fd is then only
         watched, never read or written): what the driver sends comes back
-        to it with no syscall per frame, to measure the engine alone."""
+        to it with no syscall per frame, to measure the engine alone.
+        null_frame: the port is venet-null's (venet/devices/null_port.pxd)
+        and port_fd its eventfd: what the driver sends is dropped, and a
+        non-empty null_frame is given to it without end."""
         cdef vq_dev_t *d = self.d
         cdef vq_t *q
         cdef uint32_t i
@@ -601,6 +607,13 @@ cdef class Engine(Task):
         # The port is the device's own fd: never read blocking.
         os.set_blocking(port_fd, False)
         tap_port_init(&d.port, port_fd)
+        if null_frame is not None:
+            if len(null_frame) > mtu + VENET_ETH_HLEN:
+                raise ValueError("the null port's frame is longer than the MTU allows")
+            self.nullp = null_new(<const uint8_t *><const char *>null_frame, len(null_frame))
+            if self.nullp == NULL:
+                raise MemoryError()
+            null_port_init(&d.port, port_fd, self.nullp)
         if reflect:
             if reflect > 4096:
                 raise ValueError("reflect: at most 4096 frames")
@@ -672,6 +685,7 @@ cdef class Engine(Task):
         self.task.run = _vq_run             # last: marks the engine initialised
 
     def __dealloc__(self):
+        free(self.nullp)
         if self.d != NULL:
             if self.d.reflect != NULL:
                 free(self.d.reflect.buf)

@@ -694,7 +694,7 @@ class Connector:
                          mrg=bool(f & P.bit(P.NET_F_MRG_RXBUF)),
                          event_idx=bool(f & P.bit(P.RING_F_EVENT_IDX)), tx_caps=tx_caps, rx_caps=rx_caps,
                          mtu=dev.mtu, poll_us=poll_us, capture=getattr(dev, "captures", None),
-                         reflect=self.reflect)
+                         reflect=self.reflect, null_frame=getattr(dev, "null_frame", None))
         except ValueError as e:
             raise P.ProtocolError(str(e)) from None
         # The claim and the daemon's OPEN are both made under the device's
