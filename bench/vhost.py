@@ -6,32 +6,40 @@ Rows (`--json FILE` writes {"rows": [{"name", "metric", "value"}, ...]}),
 rx = driver -> backend, tx = backend -> driver:
 
   venet-vhost-{rx,tx}-{64,1500}[-poll]   frames_per_s.  venet's connector on
-        a venet-loopback device (its port an AF_UNIX datagram socket
-        connected to itself), served by a one-worker pool of the bench's
-        own; the driver is testpmd in `io` forwarding with `--tx-first`:
-        what it sends comes back through the loopback and is sent again,
-        so frames circulate and both directions run at once.  The rates
-        are the engine's own counters over the window (tx_frames: taken
-        from the driver, rx_frames: given to it).  -poll: the engine with
-        poll_us (POLL_US); without: signal mode (kicks and calls).
-  venet-vhost-reflect-{rx,tx}-64[-poll]   frames_per_s.  The same with
+        a venet-null device, served by a one-worker pool of the bench's
+        own: rx, testpmd txonly -> the device as a sink (the engine takes,
+        checks and translates every chain, and the device drops the
+        frame); tx, the device as a source of LEN-4-byte frames -> testpmd
+        rxonly (the engine copies each frame into the driver's buffers).
+        The shape of the dpdk-vhost rows.  The rates are the engine's own
+        counters over the window (tx_frames: taken from the driver,
+        rx_frames: given to it); testpmd's own figure is in the notes.
+        -poll: the engine with poll_us (POLL_US); without: signal mode
+        (kicks and calls).
+  venet-vhost-loop-{rx,tx}-64[-poll]   frames_per_s.  The connector on a
+        venet-loopback device (its port an AF_UNIX datagram socket
+        connected to itself: one sendmsg and one recvmsg per frame), the
+        driver in `io` forwarding with `--tx-first`: what it sends comes
+        back and is sent again, both directions at once.
+  venet-vhost-reflect-{rx,tx}-64[-poll]   frames_per_s.  The same loop with
         no port behind the engine: it gives what the driver sends straight
         back to the driver's RX queue through a FIFO of frames in its own
         memory (Engine reflect=256; a full FIFO refuses the frame, counted
-        as tx_drop_port).  No syscall per frame: the connector alone (chain
-        walk, header translation, two copies per frame, kicks and calls),
-        the figure to set against dpdk-vhost-loop-*.
+        as tx_drop_port): the figure to set against dpdk-vhost-loop-*.
   venet-vhost-idle-cpu    cpu_percent of the engine's worker thread over a
         window with the driver connected and nothing to move (signal mode).
   dpdk-vhost-{rx,tx}-{64,1500}  frames_per_s.  testpmd net_vhost as the
         backend: driver txonly -> backend rxonly (rx), backend txonly ->
         driver rxonly (tx); the receiver's Rx-pps lines.
-  dpdk-vhost-loop-{rx,tx}-64    the venet rows' shape with DPDK's backend:
+  dpdk-vhost-loop-{rx,tx}-64    the loop rows' shape with DPDK's backend:
         net_vhost in io forwarding to itself, the driver io --tx-first
         (the rates of both sides' Rx-pps).
-  venet-vhost-ping, venet-vhost-ping-poll  rtt_us_p50 (root): ping from a
-        namespace through a venet-tap device (`venet bridge --vhost-user`,
-        signal mode; -poll: --poll-us) to testpmd in icmpecho mode.
+  venet-vhost-ping        rtt_us_p50 (root): ping from a namespace through a
+        venet-tap device (`venet bridge --vhost-user`) to testpmd in
+        icmpecho mode, the bridge busy-polling as testpmd does
+        (`--poll-us` PING_POLL_US, a window longer than the pings' gap).
+  venet-vhost-ping-signal  the same in signal mode (no --poll-us): each
+        ping wakes the bridge's worker from sleep, twice.
   dpdk-vhost-tap-ping     rtt_us_p50 (root): the same with testpmd bridging
         net_tap and net_vhost (io forwarding) instead of venet.
 
@@ -53,6 +61,7 @@ import time
 
 TESTPMD = shutil.which("dpdk-testpmd")
 POLL_US = 200                       # poll_us of the -poll rows
+PING_POLL_US = 1_000_000            # the ping row's: more than the pings' gap, so the worker never sleeps
 DMAC = "02:00:00:00:00:77"
 KIP, DIP = "10.77.0.1", "10.77.0.2"
 
@@ -222,6 +231,41 @@ def venet_idle_cpu(dir_, secs, cpus):
         v.close()
 
 
+def venet_null(dir_, length, poll_us, secs, cpus, direction):
+    """rx: testpmd txonly -> a venet-null sink; tx: a venet-null source ->
+    testpmd rxonly.  The engine's counters over the window."""
+    path = os.path.join(dir_, f"venet-null-{direction}-{length}-{poll_us}.sock")
+    v = VenetLoop(path, cpus[0], poll_us, null=length - 4 if direction == "tx" else 0)
+    tp = None
+    key = "tx_frames" if direction == "rx" else "rx_frames"
+    try:
+        tp = Testpmd(cpus[1], [f"net_virtio_user0,path={path},queues=1,mac={DMAC}"],
+                     "txonly" if direction == "rx" else "rxonly",
+                     *([f"--txpkts={length - 4}"] if direction == "rx" else []), tag="vbn")
+        tp.wait_for("Port statistics")
+        deadline = time.monotonic() + 10
+        while v.counters()[key] == 0:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"no frames through venet: {tp.text()[-600:]}")
+            time.sleep(0.05)
+        time.sleep(0.5)                 # warm-up
+        a, t0 = v.counters(), time.monotonic()
+        time.sleep(secs)
+        b, t1 = v.counters(), time.monotonic()
+        dt = t1 - t0
+        return {"rate": (b[key] - a[key]) / dt,
+                # testpmd's own count, its best period (its periods do not
+                # line up with the window)
+                "driver_pps": max(tp.rates("Tx-pps" if direction == "rx" else "Rx-pps"), default=0),
+                "wakeups_per_s": (b["wakeups"] - a["wakeups"]) / dt,
+                "calls_per_s": (b["calls_sent"] - a["calls_sent"]) / dt,
+                "drops": sum(b[k] - a[k] for k in b if k.startswith(("drop_", "tx_drop", "rx_drop")))}
+    finally:
+        if tp is not None:
+            tp.stop()
+        v.close()
+
+
 # ---- DPDK's own backend ---------------------------------------------------
 
 def dpdk_pair(dir_, length, back_mode, drive_mode, secs, cpus, extra_drive=()):
@@ -338,24 +382,27 @@ def run(quick=False, progress=print, secs=None, count=None):
     try:
         for length in sizes:
             for poll_us, sfx in ((0, ""), (POLL_US, "-poll")):
-                names = [(f"venet-vhost-rx-{length}{sfx}", "frames_per_s"),
-                         (f"venet-vhost-tx-{length}{sfx}", "frames_per_s")]
-                got = step(names, lambda: venet_loop(dir_, length, poll_us, secs, cpus))
-                if got is not None:
-                    row(names[0][0], "frames_per_s", got["rx"])
-                    row(names[1][0], "frames_per_s", got["tx"])
-                    notes.append(f"venet-vhost-*-{length}{sfx}: engine wake-ups {got['wakeups_per_s']:,.0f}/s, "
-                                 f"calls {got['calls_per_s']:,.0f}/s, drops {got['drops']}")
-            for poll_us, sfx in ((0, ""), (POLL_US, "-poll")):
+                for d in ("rx", "tx"):
+                    name = f"venet-vhost-{d}-{length}{sfx}"
+                    got = step([(name, "frames_per_s")],
+                               lambda: venet_null(dir_, length, poll_us, secs, cpus, d))
+                    if got is not None:
+                        row(name, "frames_per_s", got["rate"])
+                        notes.append(f"{name}: testpmd's {'Tx' if d == 'rx' else 'Rx'}-pps "
+                                     f"{got['driver_pps']:,.0f} (best period), engine wake-ups "
+                                     f"{got['wakeups_per_s']:,.0f}/s, calls {got['calls_per_s']:,.0f}/s, "
+                                     f"drops {got['drops']}")
+            for (reflect, kind), (poll_us, sfx) in ((k, p) for k in ((0, "loop"), (256, "reflect"))
+                                                    for p in ((0, ""), (POLL_US, "-poll"))):
                 if length != 64:
                     break
-                names = [(f"venet-vhost-reflect-rx-{length}{sfx}", "frames_per_s"),
-                         (f"venet-vhost-reflect-tx-{length}{sfx}", "frames_per_s")]
-                got = step(names, lambda: venet_loop(dir_, length, poll_us, secs, cpus, reflect=256))
+                names = [(f"venet-vhost-{kind}-rx-{length}{sfx}", "frames_per_s"),
+                         (f"venet-vhost-{kind}-tx-{length}{sfx}", "frames_per_s")]
+                got = step(names, lambda: venet_loop(dir_, length, poll_us, secs, cpus, reflect=reflect))
                 if got is not None:
                     row(names[0][0], "frames_per_s", got["rx"])
                     row(names[1][0], "frames_per_s", got["tx"])
-                    notes.append(f"venet-vhost-reflect-*-{length}{sfx}: engine wake-ups "
+                    notes.append(f"venet-vhost-{kind}-*-{length}{sfx}: engine wake-ups "
                                  f"{got['wakeups_per_s']:,.0f}/s, calls {got['calls_per_s']:,.0f}/s, "
                                  f"drops {got['drops']}")
             got = step([(f"dpdk-vhost-rx-{length}", "frames_per_s")],
@@ -375,7 +422,7 @@ def run(quick=False, progress=print, secs=None, count=None):
                    lambda: venet_idle_cpu(dir_, 1.0 if quick else 3.0, cpus))
         if got is not None:
             row("venet-vhost-idle-cpu", "cpu_percent", got)
-        ping_names = [("venet-vhost-ping", "rtt_us_p50"), ("venet-vhost-ping-poll", "rtt_us_p50"),
+        ping_names = [("venet-vhost-ping", "rtt_us_p50"), ("venet-vhost-ping-signal", "rtt_us_p50"),
                       ("dpdk-vhost-tap-ping", "rtt_us_p50")]
         if os.geteuid() != 0:
             for n, m in ping_names:
@@ -385,8 +432,8 @@ def run(quick=False, progress=print, secs=None, count=None):
             from tests.lab import Lab
             lab = Lab("vbh")
             try:
-                for (n, m), fn in zip(ping_names, (lambda: venet_ping(lab, count, cpus),
-                                                   lambda: venet_ping(lab, count, cpus, POLL_US),
+                for (n, m), fn in zip(ping_names, (lambda: venet_ping(lab, count, cpus, PING_POLL_US),
+                                                   lambda: venet_ping(lab, count, cpus),
                                                    lambda: dpdk_tap_ping(lab, count, cpus))):
                     got = step([(n, m)], fn)
                     if got is not None:
@@ -407,7 +454,7 @@ def _targets(rows, notes):
         return v[a] / v[b] if v.get(a) and v.get(b) else None
     for d in ("rx", "tx"):
         r = ratio(f"venet-vhost-{d}-64-poll", f"dpdk-vhost-{d}-64")
-        rl = ratio(f"venet-vhost-{d}-64-poll", f"dpdk-vhost-loop-{d}-64")
+        rl = ratio(f"venet-vhost-loop-{d}-64-poll", f"dpdk-vhost-loop-{d}-64")
         s = ratio(f"venet-vhost-{d}-64", f"venet-vhost-{d}-64-poll")
         if r is not None:
             notes.append(f"target {d} 64: venet poll / DPDK net_vhost = {r:.2f} (aim >= 0.5)"
@@ -416,10 +463,13 @@ def _targets(rows, notes):
             notes.append(f"target {d} 64: venet signal / venet poll = {s:.2f} (aim >= 0.5)")
         e = ratio(f"venet-vhost-reflect-{d}-64-poll", f"dpdk-vhost-loop-{d}-64")
         if e is not None:
-            notes.append(f"{d} 64, the connector alone (no port): venet reflect poll / DPDK's loop = {e:.2f}")
+            notes.append(f"{d} 64, the loop with no port: venet reflect poll / DPDK's loop = {e:.2f}")
     p = ratio("venet-vhost-ping", "dpdk-vhost-tap-ping")
     if p is not None:
-        notes.append(f"target ping: venet / DPDK net_vhost+net_tap = {p:.2f} (aim <= 1.0)")
+        notes.append(f"target ping: venet (polling) / DPDK net_vhost+net_tap = {p:.2f} (aim <= 1.0)")
+    p = ratio("venet-vhost-ping-signal", "dpdk-vhost-tap-ping")
+    if p is not None:
+        notes.append(f"ping, venet in signal mode / DPDK net_vhost+net_tap = {p:.2f}")
 
 
 def _fmt(metric, v):
@@ -451,35 +501,3 @@ def main(json_path=None, quick=False, out=sys.stdout):
             json.dump({"rows": rows, "notes": notes, "quick": quick, "machine": machine()}, f, indent=1)
     return rows, notes
 
-
-def venet_null(dir_, length, poll_us, secs, cpus, direction):
-    """rx: testpmd txonly -> a venet-null sink; tx: a venet-null source ->
-    testpmd rxonly.  The engine's counters over the window."""
-    path = os.path.join(dir_, f"venet-null-{direction}-{length}-{poll_us}.sock")
-    v = VenetLoop(path, cpus[0], poll_us, null=length - 4 if direction == "tx" else 0)
-    tp = None
-    key = "tx_frames" if direction == "rx" else "rx_frames"
-    try:
-        tp = Testpmd(cpus[1], [f"net_virtio_user0,path={path},queues=1,mac={DMAC}"],
-                     "txonly" if direction == "rx" else "rxonly",
-                     *([f"--txpkts={length - 4}"] if direction == "rx" else []), tag="vbn")
-        tp.wait_for("Port statistics")
-        deadline = time.monotonic() + 10
-        while v.counters()[key] == 0:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no frames through venet: {tp.text()[-600:]}")
-            time.sleep(0.05)
-        time.sleep(0.5)                 # warm-up
-        a, t0 = v.counters(), time.monotonic()
-        time.sleep(secs)
-        b, t1 = v.counters(), time.monotonic()
-        dt = t1 - t0
-        return {"rate": (b[key] - a[key]) / dt,
-                "driver_pps": tp.rates("Tx-pps" if direction == "rx" else "Rx-pps"),
-                "wakeups_per_s": (b["wakeups"] - a["wakeups"]) / dt,
-                "calls_per_s": (b["calls_sent"] - a["calls_sent"]) / dt,
-                "drops": sum(b[k] - a[k] for k in b if k.startswith(("drop_", "tx_drop", "rx_drop")))}
-    finally:
-        if tp is not None:
-            tp.stop()
-        v.close()

@@ -423,10 +423,10 @@ def test_sigterm_is_tidy_and_nothing_leaks(dmn):
 def test_venet_classes_are_entry_points_and_importable():
     import tomllib
     import importlib
-    from venet.classes import LoopbackClass, TapClass
+    from venet.classes import LoopbackClass, NullClass, TapClass
     eps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["entry-points"]["vbus.device_classes"]
     assert eps == {"venet-loopback": "venet.classes:LoopbackClass", "venet-tap": "venet.classes:TapClass",
-                   "venet-switch": "venet.classes:SwitchClass"}
+                   "venet-switch": "venet.classes:SwitchClass", "venet-null": "venet.classes:NullClass"}
     for name, target in eps.items():
         mod, attr = target.split(":")
         cls = getattr(importlib.import_module(mod), attr)
@@ -434,6 +434,7 @@ def test_venet_classes_are_entry_points_and_importable():
     assert {a.name for a in TapClass.attrs} == {"ifname", "netns", "mtu", "mac", "offloads", "poll_us", "cpu",
                                               "vhost_user"}
     assert {a.name for a in LoopbackClass.attrs} == {"mtu", "mac", "vhost_user"}
+    assert {a.name for a in NullClass.attrs} == {"mtu", "mac", "source", "vhost_user"}
 
 
 def test_scapy_socket_works_against_a_daemon_bus(dmn):

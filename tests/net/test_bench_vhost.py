@@ -12,6 +12,7 @@ pytestmark = pytest.mark.skipif(shutil.which("dpdk-testpmd") is None,
                                 reason="dpdk-testpmd is not installed (Debian: apt-get install dpdk-dev)")
 
 NEEDED = ["venet-vhost-rx-64", "venet-vhost-tx-64", "venet-vhost-rx-64-poll", "venet-vhost-tx-64-poll",
+          "venet-vhost-loop-rx-64", "venet-vhost-loop-tx-64", "venet-vhost-loop-rx-64-poll", "venet-vhost-loop-tx-64-poll",
           "venet-vhost-reflect-rx-64", "venet-vhost-reflect-tx-64", "venet-vhost-reflect-rx-64-poll",
           "venet-vhost-reflect-tx-64-poll", "dpdk-vhost-rx-64", "dpdk-vhost-tx-64"]
 
@@ -26,7 +27,7 @@ def test_bench_vhost_rows():
         assert v[name][0] == "frames_per_s", (name, notes)
         x = v[name][1]
         assert isinstance(x, float) and math.isfinite(x) and x > 0, (name, x, notes)
-    for name in ("venet-vhost-ping", "dpdk-vhost-tap-ping"):
+    for name in ("venet-vhost-ping", "venet-vhost-ping-signal", "dpdk-vhost-tap-ping"):
         assert v[name][0] == "rtt_us_p50" and v[name][1] > 0, (name, notes)
     assert v["venet-vhost-idle-cpu"][0] == "cpu_percent" and v["venet-vhost-idle-cpu"][1] >= 0
     assert new_netns(before, "vbh") == []
