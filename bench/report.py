@@ -511,10 +511,14 @@ def vhost_section(data):
            "```", "python -m venet bench vhost --json docs/vhost-bench.json   # root for the ping rows; "
            "--quick: 64 bytes only", "```", "",
            "dpdk-testpmd's `net_virtio_user` (no hugepages) is the driver on one CPU, the backend on the "
-           "other: venet's connector on a venet-loopback device (the driver in `io` forwarding with "
-           "`--tx-first`, so frames circulate and both directions run at once; the rates are the "
-           "engine's counters), or testpmd's `net_vhost` (txonly -> rxonly each way, and the same "
-           "`io` loop as venet's for a like-for-like row).  rx = driver -> backend.  "
+           "other.  venet-vhost-{rx,tx}-*: venet's connector on a venet-null device (testpmd txonly -> "
+           "the device as a sink; the device as a source -> testpmd rxonly), in the shape of the "
+           "dpdk-vhost rows (testpmd's `net_vhost` txonly -> rxonly each way); the rates are the "
+           "engine's counters, testpmd's own in the notes.  venet-vhost-loop-*: on a venet-loopback "
+           "(its port a socket: two syscalls per frame), the driver in `io` forwarding with `--tx-first`; "
+           "venet-vhost-reflect-*: the same loop with no port (a FIFO in the engine), against "
+           "dpdk-vhost-loop-*.  Ping rows: the three setups take turns for three rounds, each row the "
+           "median of its rounds.  rx = driver -> backend.  "
            f"{'A --quick run. ' if data.get('quick') else ''}Measured {_where(data)}; bench/vhost.py "
            "says how each figure is taken.", "",
            "| name | metric | value |", "|---|---|---:|"]
