@@ -153,7 +153,7 @@ class VenetLoop:
     def __init__(self, path, cpu, poll_us=0, reflect=0, null=None):
         from vbus._worker import Pool
         from venet import bridge
-        from venet.classes import loop_port, null_frame
+        from venet.classes import loop_port, null_frame, null_port_fd
         from venet.vhost.backend import Connector
         self.pool = Pool(1, pin=False)
         w = self.pool.workers[0]
@@ -165,8 +165,7 @@ class VenetLoop:
         if null is None:
             self.dev = bridge.Device("vbench0", "loopback", loop_port(), False, mac, 1500, pool=self.pool)
         else:
-            fd = os.eventfd(1 if null else 0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-            self.dev = bridge.Device("vbench0", "null", fd, False, mac, 1500, pool=self.pool,
+            self.dev = bridge.Device("vbench0", "null", null_port_fd(null), False, mac, 1500, pool=self.pool,
                                      null_frame=null_frame(mac, null))
         self.c = Connector(self.dev, path, poll_us=poll_us, reflect=reflect).start()
 

@@ -118,9 +118,6 @@ def test_edge_lengths_are_accepted(dmn):
         assert got["source"] == int(attrs["source"]) and got["mtu"] == int(attrs["mtu"])
 
 
-@pytest.mark.xfail(strict=True, reason="review4 finding 3: the daemon's registry never sees a "
-                   "frontend's open (the control plane tracks them), so a non-live attribute is "
-                   "set on an open device; docs/vbus.md says it is refused")
 def test_source_cannot_change_while_open(dmn):
     name = _null(dmn, source=64)
     with frontend.connect(dmn.sock("adv")) as bus:
@@ -132,8 +129,6 @@ def test_source_cannot_change_while_open(dmn):
         assert dev.recv(timeout=5) is not None
 
 
-@pytest.mark.xfail(strict=True, reason="review4 finding 1: NullClass has no set(): a closed "
-                   "device's new source is stored and shown but never applied")
 def test_a_new_source_set_while_closed_is_what_the_device_gives(dmn):
     name = _null(dmn, source=64)
     r = dmn.cli("device", "set", name, "source=0")
@@ -144,8 +139,6 @@ def test_a_new_source_set_while_closed_is_what_the_device_gives(dmn):
         assert dev.recv(timeout=0.5) is None
 
 
-@pytest.mark.xfail(strict=True, reason="review4 finding 1: NullClass has no set(): the source "
-                   "frame keeps the MAC the device was created with")
 def test_a_new_mac_set_while_closed_is_the_source_frames_source_address(dmn):
     name = _null(dmn, source=64)
     assert dmn.cli("device", "set", name, "mac=02:11:22:33:44:55").returncode == 0
@@ -155,8 +148,6 @@ def test_a_new_mac_set_while_closed_is_the_source_frames_source_address(dmn):
         assert f == null_frame("02:11:22:33:44:55", 64)
 
 
-@pytest.mark.xfail(strict=True, reason="review4 finding 1: device set checks no source against "
-                   "the mtu; the device then refuses every open, its saved tree every load")
 @pytest.mark.parametrize("key, value, source", [("source", "5", 0), ("source", "9000", 0),
                                                 ("mtu", "68", 1514)])
 def test_a_set_that_breaks_source_within_mtu_is_refused(dmn, key, value, source):
@@ -378,9 +369,6 @@ def test_vhost_gso_frames_to_a_sink(dmn, tmp_path):
         d.close()
 
 
-@pytest.mark.xfail(strict=True, reason="review4 finding 4: a frame waiting for more mergeable "
-                   "buffers than the driver posted: vq_arm sees avail != last_avail and the engine "
-                   "turns without end (any port; a source makes it certain)")
 def test_vhost_source_waits_for_enough_mergeable_buffers(dmn, tmp_path):
     name, d = _vhost(dmn, tmp_path, source=1514)
     try:
@@ -399,9 +387,6 @@ def test_vhost_source_waits_for_enough_mergeable_buffers(dmn, tmp_path):
         d.close()
 
 
-@pytest.mark.xfail(strict=True, reason="review4 finding 2: without mergeable buffers a source "
-                   "frame larger than the driver's buffers is dropped and the next read at once: "
-                   "the worker spins, millions of drops a second, until the driver goes")
 def test_vhost_source_into_too_small_buffers_without_mrg_goes_quiet(dmn, tmp_path):
     name, d = _vhost(dmn, tmp_path, features=FEATURES & ~P.bit(P.NET_F_MRG_RXBUF), source=1514)
     try:

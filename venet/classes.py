@@ -88,9 +88,21 @@ _MTU = dict(min=abi.MIN_MTU, max=abi.MAX_MTU)
 class _Instance(DeviceInstance):
     """A vbus device instance holding a bridge.Device."""
 
+    # The class's live attributes (Attr live=True); _started sets them.
+    live = frozenset()
+
     def __init__(self, dev):
         self.dev = dev
         self.vhost = None           # the vhost-user Connector, while vhost_user is set
+
+    def check_closed(self, name):
+        """A non-live attribute changes only while no frontend or virtio
+        driver holds the device.  The daemon's control plane, not the vbus
+        registry, tracks who opened a venet device: the device's owner is
+        the one record of it."""
+        if name not in self.live and self.dev.owner is not None:
+            raise VbusDeviceError(f"attribute '{name}' of device '{self.dev.name}' can change only "
+                                  f"while the device is closed (it is open)")
 
     def vhost_user(self, value):
         """Serve the device over vhost-user at `value` (PATH[,client]), or stop."""
@@ -107,6 +119,7 @@ class _Instance(DeviceInstance):
                 raise VbusDeviceError(f"vhost_user {path}: {e.strerror or e}") from None
 
     def set(self, name, value):
+        self.check_closed(name)
         if name == "vhost_user":
             self.vhost_user(value)
         elif name == "mac":
@@ -178,7 +191,7 @@ class LoopbackClass(DeviceClass):
         # sent it, which negotiated the same offloads, so a GSO super-frame or
         # a partial checksum goes back as it came, its record unchanged.
         dev.offered[abi.CAP_GROUP_SG] = abi.CAP_SG | abi.OFFLOAD_CAPS
-        return _started(_Instance(dev), attrs)
+        return _started(_Instance(dev), attrs, self)
 
 
 NULL_ETHERTYPE = 0x88B5             # IEEE 802 local experimental: never a real protocol's frame
@@ -211,13 +224,9 @@ class NullClass(DeviceClass):
     def create(self, name, attrs):
         from venet import bridge
         length, mtu = attrs["source"], attrs["mtu"]
-        if length and not NULL_MIN_FRAME <= length <= mtu + 14:
-            raise VbusDeviceError(f"source {length}: a frame is {NULL_MIN_FRAME}..{mtu + 14} bytes "
-                                  f"with mtu {mtu} (0: no source)")
+        _check_source(length, mtu)
         mac = attrs["mac"] or default_mac(name)
-        # The port's fd is an eventfd never read or written after this: always
-        # readable for a source, never for a sink (venet/devices/null_port.pxd).
-        fd = os.eventfd(1 if length else 0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        fd = null_port_fd(length)
         try:
             dev = bridge.Device(name, "null", fd, False, mac, mtu, cpu=placement.ANY,
                                 null_frame=null_frame(mac, length))
@@ -226,11 +235,53 @@ class NullClass(DeviceClass):
             raise
         # It accepts any frame (it drops them) and gives plain ones only.
         dev.offered[abi.CAP_GROUP_SG] = abi.CAP_SG | abi.OFFLOAD_CAPS
-        return _started(_Instance(dev), attrs)
+        return _started(_NullInstance(dev, length), attrs, self)
 
 
-def _started(inst, attrs):
-    """The instance, serving vhost-user if its attributes say so."""
+def _check_source(length, mtu):
+    if length and not NULL_MIN_FRAME <= length <= mtu + 14:
+        raise VbusDeviceError(f"source {length}: a frame is {NULL_MIN_FRAME}..{mtu + 14} bytes "
+                              f"with mtu {mtu} (0: no source)")
+
+
+def null_port_fd(length):
+    """venet-null's port fd: an eventfd never read or written after this,
+    always readable for a source (length > 0), never for a sink
+    (venet/devices/null_port.pxd)."""
+    return os.eventfd(1 if length else 0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+
+
+class _NullInstance(_Instance):
+    """venet-null: `source`, `mac` and `mtu` change while it is closed (each
+    pump or engine copies the frame when it starts)."""
+
+    def __init__(self, dev, source):
+        super().__init__(dev)
+        self.source = source
+
+    def set(self, name, value):
+        self.check_closed(name)
+        if name == "source":
+            _check_source(value, self.dev.mtu)
+            self.source = value
+        elif name == "mtu":
+            _check_source(self.source, value)
+        super().set(name, value)
+        if name in ("source", "mac", "mtu"):
+            self.dev.null_frame = null_frame(self.dev.mac, self.source)
+            # The fd's readiness follows: drained, then one for a source.
+            try:
+                os.eventfd_read(self.dev.tap_fd)
+            except BlockingIOError:
+                pass
+            if self.source:
+                os.eventfd_write(self.dev.tap_fd, 1)
+
+
+def _started(inst, attrs, cls):
+    """The instance of a `cls` device, serving vhost-user if its attributes
+    say so."""
+    inst.live = frozenset(a.name for a in cls.attrs if a.live)
     if attrs.get("vhost_user"):
         try:
             inst.vhost_user(attrs["vhost_user"])
@@ -312,7 +363,7 @@ class TapClass(DeviceClass):
         except BaseException:
             os.close(fd)
             raise
-        return _started(_TapInstance(dev, attrs["netns"]), attrs)
+        return _started(_TapInstance(dev, attrs["netns"]), attrs, self)
 
 
 class _TapInstance(_Instance):
@@ -322,6 +373,7 @@ class _TapInstance(_Instance):
 
     def set(self, name, value):
         from venet.devices import tap as taplib
+        self.check_closed(name)
         if name in ("mtu", "mac"):
             # Only while closed (these attributes are not live): the tap is idle.
             def apply():

@@ -18,6 +18,12 @@ cdef struct virtio_net_hdr_t:
     uint16_t csum_start
     uint16_t csum_offset
 
+# A port's 16-byte vnet header as bytes (copied or gathered in) and as the
+# struct (read): one object, so no access breaks C's aliasing rules.
+cdef union virtio_net_hdr_buf_t:
+    virtio_net_hdr_t h
+    uint8_t b[16]
+
 cdef enum:
     VIRTIO_NET_HDR_F_NEEDS_CSUM = 1
     VIRTIO_NET_HDR_F_DATA_VALID = 2

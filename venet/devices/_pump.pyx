@@ -133,8 +133,9 @@ cdef class Pump(Task):
         self.outr = outr
         tap_port_init(&self.port, tap_fd)
         if null_frame is not None:
-            if len(null_frame) > mtu + VENET_ETH_HLEN:
-                raise ValueError("the null port's frame is longer than the MTU allows")
+            if 0 < len(null_frame) < VENET_MIN_FRAME or len(null_frame) > mtu + VENET_ETH_HLEN:
+                # A frame the pump would refuse would be read again at once.
+                raise ValueError(f"a null port's frame is {VENET_MIN_FRAME}..{mtu + VENET_ETH_HLEN} bytes")
             self.nullp = null_new(<const uint8_t *><const char *>null_frame, len(null_frame))
             if self.nullp == NULL:
                 raise MemoryError()
@@ -393,15 +394,15 @@ cdef class Pump(Task):
         translated in place into venet's offload record (*mflags: its
         VENET_F_* bits, 0 for a plain frame).  False when the peer did not
         negotiate its offloads (counted)."""
-        cdef uint64_t hb[2]
+        cdef virtio_net_hdr_buf_t hb
         cdef venet_meta_t meta
         cdef uint32_t st
         # Read once into private memory, all 16 bytes in one copy: a copy of
         # the 10-byte struct is stored in pieces that a wider load of its
         # fields then spans, and such a load waits for every older store to
         # drain, among them the frame's stores into shared memory.
-        memcpy(hb, buf, 16)
-        st = venet_meta_from_virtio(<virtio_net_hdr_t *>hb, &meta, mflags)
+        memcpy(hb.b, buf, 16)
+        st = venet_meta_from_virtio(&hb.h, &meta, mflags)
         if st == META_OK:
             st = venet_meta_check(&meta, mflags[0], length - VENET_META_SIZE, self.caps, 0xffffffff)
         if st != META_OK:

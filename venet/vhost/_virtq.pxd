@@ -11,6 +11,7 @@
 from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int64_t
 from posix.uio cimport iovec
 from venet.devices.port cimport venet_port_t
+from venet.meta cimport virtio_net_hdr_buf_t
 from venet.devices.null_port cimport venet_null_t
 from venet.devices.capture cimport venet_cap_tee_t
 from vbus.worker cimport vbus_task_t
@@ -84,6 +85,11 @@ cdef struct vq_t:
     uint16_t signalled          # used_idx when the driver was last considered for a call
     bint signalled_valid
     bint armed                  # notifications from the driver enabled
+    # RX only: no progress can be made until the driver's avail idx moves
+    # past wait_idx (a frame waits for more buffers than are posted, or an
+    # endless port's frames do not fit the buffer at the head)
+    bint waiting
+    uint16_t wait_idx
     bint ready
     bint broken                 # the driver broke the ring: no more service
     int call_fd                 # -1: the driver polls
@@ -143,11 +149,12 @@ cdef struct vq_dev_t:
     uint32_t max_plain          # MTU + 14
     uint32_t budget
     bint port_ready
+    bint port_endless           # a venet-null source: every read gives the same frame
     bint want_port              # the port is in the worker's interest set only while set
     # RX: a frame read from the port, waiting for the driver's buffers
     uint32_t rx_len             # header + frame bytes at bounce + rx_off (0: none)
     uint32_t rx_off
-    uint8_t phdr[16]            # the port's vnet header
+    virtio_net_hdr_buf_t phdr   # the port's vnet header
     char *bounce                # VQ_HDR_ROOM + the largest frame
     uint32_t bounce_cap
     vring_desc_t *itab          # private copy of one indirect table

@@ -200,15 +200,16 @@ cdef void vq_call(vq_dev_t *d, vq_t *q) noexcept nogil:
         d.st.calls_failed += 1
 
 
-cdef bint vq_arm(vq_dev_t *d, vq_t *q) noexcept nogil:
-    """Ask for the driver's kick; True when work arrived meanwhile."""
+cdef bint vq_arm(vq_dev_t *d, vq_t *q, uint16_t seen) noexcept nogil:
+    """Ask for the driver's kick once its avail idx moves past `seen`;
+    True when it has already (work arrived meanwhile)."""
     if d.event_idx:
-        vq_store_relaxed_u16(q.used + 4 + 8 * q.num, q.last_avail)
+        vq_store_relaxed_u16(q.used + 4 + 8 * q.num, seen)
     else:
         vq_store_relaxed_u16(q.used, 0)
     q.armed = True
     vq_fence()
-    return vq_avail_idx(q) != q.last_avail
+    return vq_avail_idx(q) != seen
 
 
 cdef inline void vq_disarm(vq_dev_t *d, vq_t *q) noexcept nogil:
@@ -249,8 +250,7 @@ cdef uint32_t vq_tx(vq_dev_t *d) noexcept nogil:
 
 cdef void vq_send(vq_dev_t *d, uint32_t nseg, uint64_t total) noexcept nogil:
     """Write the frame in d.segs[0:nseg] to the port behind its header."""
-    cdef uint8_t vh[VQ_HDR_ROOM]
-    cdef virtio_net_hdr_t h
+    cdef virtio_net_hdr_buf_t vh         # VQ_HDR_ROOM bytes used
     cdef venet_meta_t meta
     cdef uint32_t i, k = 0, niov = 1, flags, st, c
     cdef uint32_t skip = d.hdr_len, got = 0
@@ -267,7 +267,7 @@ cdef void vq_send(vq_dev_t *d, uint32_t nseg, uint64_t total) noexcept nogil:
     # The header may be split across buffers: gathered into private memory.
     while got < d.hdr_len:
         c = d.segs[k].len if d.segs[k].len < d.hdr_len - got else d.hdr_len - got
-        memcpy(vh + got, d.segs[k].p, c)
+        memcpy(vh.b + got, d.segs[k].p, c)
         got += c
         if c == d.segs[k].len:
             k += 1
@@ -277,15 +277,15 @@ cdef void vq_send(vq_dev_t *d, uint32_t nseg, uint64_t total) noexcept nogil:
     # vh is private: read in place (a copy into a local struct is stored
     # in pieces that a wider load then spans, and that load waits for every
     # older store to drain, among them the copies into the driver's memory)
-    st = venet_meta_from_virtio(<virtio_net_hdr_t *>vh, &meta, &flags)
+    st = venet_meta_from_virtio(&vh.h, &meta, &flags)
     if st == META_OK:
         st = venet_meta_check(&meta, flags, fl32, d.tx_caps, d.max_plain)
     if st != META_OK:
         d.st.tx_drop_meta += 1
         return
-    memset(d.phdr, 0, 16)
-    venet_meta_to_virtio(&meta, flags, <virtio_net_hdr_t *>d.phdr)
-    d.iov[0].iov_base = d.phdr
+    memset(d.phdr.b, 0, 16)
+    venet_meta_to_virtio(&meta, flags, &d.phdr.h)
+    d.iov[0].iov_base = d.phdr.b
     d.iov[0].iov_len = 16
     for i in range(k, nseg):
         d.iov[niov].iov_base = d.segs[i].p + skip
@@ -315,10 +315,9 @@ cdef int vq_read_port(vq_dev_t *d) noexcept nogil:
     is empty."""
     cdef ssize_t n
     cdef uint32_t flen, mflags, st
-    cdef virtio_net_hdr_t h
     cdef venet_meta_t meta
     cdef char *vh
-    d.iov[0].iov_base = d.phdr
+    d.iov[0].iov_base = d.phdr.b
     d.iov[0].iov_len = 16
     d.iov[1].iov_base = d.bounce + VQ_HDR_ROOM
     d.iov[1].iov_len = d.bounce_cap - VQ_HDR_ROOM
@@ -337,7 +336,7 @@ cdef int vq_read_port(vq_dev_t *d) noexcept nogil:
         return 0
     flen = <uint32_t>(n - 16)
     # d.phdr is private: read in place (see vq_send)
-    st = venet_meta_from_virtio(<virtio_net_hdr_t *>d.phdr, &meta, &mflags)
+    st = venet_meta_from_virtio(&d.phdr.h, &meta, &mflags)
     if st == META_OK:
         st = venet_meta_check(&meta, mflags, flen, d.rx_caps, 0xffffffff)
     if st != META_OK:
@@ -370,6 +369,7 @@ cdef int vq_deliver(vq_dev_t *d, vq_t *q, uint32_t *avail) noexcept nogil:
             if q.broken:
                 return RX_BROKEN
             if avail[0] == 0:
+                q.wait_idx = q.last_avail        # the avail idx just read
                 q.last_avail = save_avail
                 q.used_idx = save_used
                 return RX_NO_BUFFERS
@@ -403,6 +403,7 @@ cdef int vq_deliver(vq_dev_t *d, vq_t *q, uint32_t *avail) noexcept nogil:
             # One buffer must hold the frame: it is dropped, the buffer kept.
             q.last_avail -= 1
             avail[0] += 1
+            q.wait_idx = q.last_avail + avail[0]  # the avail idx as last read
             d.st.rx_drop_too_big += 1
             return RX_DROPPED
         vq_put_used(q, head, put)
@@ -423,6 +424,10 @@ cdef uint32_t vq_rx(vq_dev_t *d) noexcept nogil:
     cdef int r
     if not q.ready or q.broken:
         return 0
+    if q.waiting:
+        if vq_avail_idx(q) == q.wait_idx:
+            return 0
+        q.waiting = False
     while frames < d.budget:
         if d.rx_len == 0:
             if not d.port_ready:
@@ -437,8 +442,16 @@ cdef uint32_t vq_rx(vq_dev_t *d) noexcept nogil:
         r = vq_deliver(d, q, &avail)
         if r == RX_NO_BUFFERS:
             d.st.rx_wait_buffers += 1
+            q.waiting = True
             break
         if r == RX_BROKEN:
+            break
+        if r == RX_DROPPED and d.port_endless:
+            # Too big for the buffer at the head, and so is every frame of
+            # an endless port: none is read until the driver posts others
+            # (reading on would drop frames as fast as the CPU goes).
+            d.rx_len = 0
+            q.waiting = True
             break
         if r == RX_DONE:
             d.st.rx_frames += 1
@@ -520,7 +533,7 @@ cdef bint _vq_peek(vbus_task_t *t) noexcept nogil:
     if q.ready and not q.broken and vq_avail_idx(q) != q.last_avail:
         return True
     q = &d.q[VQ_RX]
-    return d.rx_len != 0 and q.ready and not q.broken and vq_avail_idx(q) != q.last_avail
+    return q.waiting and q.ready and not q.broken and vq_avail_idx(q) != q.wait_idx
 
 
 # ---- memory --------------------------------------------------------------
@@ -608,12 +621,14 @@ cdef class Engine(Task):
         os.set_blocking(port_fd, False)
         tap_port_init(&d.port, port_fd)
         if null_frame is not None:
-            if len(null_frame) > mtu + VENET_ETH_HLEN:
-                raise ValueError("the null port's frame is longer than the MTU allows")
+            if 0 < len(null_frame) < VENET_MIN_FRAME or len(null_frame) > mtu + VENET_ETH_HLEN:
+                # A frame the engine would refuse would be read again at once.
+                raise ValueError(f"a null port's frame is {VENET_MIN_FRAME}..{mtu + VENET_ETH_HLEN} bytes")
             self.nullp = null_new(<const uint8_t *><const char *>null_frame, len(null_frame))
             if self.nullp == NULL:
                 raise MemoryError()
             null_port_init(&d.port, port_fd, self.nullp)
+            d.port_endless = len(null_frame) > 0
         if reflect:
             if reflect > 4096:
                 raise ValueError("reflect: at most 4096 frames")
@@ -721,7 +736,7 @@ cdef class Engine(Task):
         d.io = venet_cap_port(&d.tee)
         # RX buffers are asked for only while a frame waits for them: a
         # driver refilling its RX ring kicks us for nothing otherwise.
-        if rxq.armed and d.rx_len == 0:
+        if rxq.armed and not rxq.waiting:
             vq_disarm(d, rxq)
         did = vq_tx(d)
         if did and d.reflect != NULL:
@@ -730,7 +745,8 @@ cdef class Engine(Task):
         # The port is watched only when a frame read from it has a place to
         # go, and never in reflect mode: the FIFO stands in for it, and the
         # fd, never read then, would keep a level-triggered worker spinning.
-        d.want_port = rxq.ready and not rxq.broken and d.rx_len == 0 and d.reflect == NULL
+        d.want_port = (rxq.ready and not rxq.broken and d.rx_len == 0 and not rxq.waiting
+                       and d.reflect == NULL)
         vbus_task_arm_fd(&self.task, self.port_i, d.want_port)
         if did:
             self.recent = True
@@ -743,10 +759,10 @@ cdef class Engine(Task):
         self.recent = False
         more = False
         if txq.ready and not txq.broken:
-            more = vq_arm(d, txq)
-        if not more and d.rx_len and rxq.ready and not rxq.broken:
+            more = vq_arm(d, txq, txq.last_avail)
+        if not more and rxq.waiting and rxq.ready and not rxq.broken:
             # Waiting for receive buffers: ask for the kick that brings them.
-            more = vq_arm(d, rxq)
+            more = vq_arm(d, rxq, rxq.wait_idx)
         return VBUS_TASK_MORE if more else VBUS_TASK_IDLE
 
     def run(self, double timeout=-1):
