@@ -132,6 +132,87 @@ def spin_pong(buf, Py_ssize_t n):
     PyBuffer_Release(&b)
 
 
+# ---- a polled ping-pong through a third party: the scheduling floor -------
+#
+# A -> R -> B -> R -> A, each hop one store to a cache line of its own and a
+# spin on the next; every party yields every RELAY_YIELD spins, as a poller
+# sharing a CPU must (three pollers on two CPUs).  No ring work at all: the
+# least a switch between two polled frontends could cost on such a machine.
+
+cdef extern from "<sched.h>" nogil:
+    int sched_yield()
+
+DEF RELAY_YIELD = 8
+
+
+cdef inline bint _relay_wait(uint32_t *line, uint32_t want, uint64_t deadline) noexcept nogil:
+    cdef unsigned int spins = 0
+    while shm_load_acquire_u32(line) != want:
+        spins += 1
+        if spins % RELAY_YIELD == 0:
+            sched_yield()
+            if shm_now_ns() > deadline:
+                return False
+        else:
+            shm_cpu_relax()
+    return True
+
+
+def relay_ping(buf, Py_ssize_t n, out):
+    """buf: MAP_SHARED, 256 bytes, zeroed; lines at 0 (A->R), 64 (R->B),
+    128 (B->R), 192 (R->A)."""
+    cdef Py_buffer b, o
+    PyObject_GetBuffer(buf, &b, PyBUF_WRITABLE)
+    cdef int64_t *ns = _ns_buffer(out, &o, n)
+    cdef char *base = <char *>b.buf
+    cdef Py_ssize_t i
+    cdef uint64_t t0, deadline = shm_now_ns() + DEADLINE_NS
+    cdef bint ok = True
+    with nogil:
+        for i in range(n):
+            t0 = shm_now_ns()
+            shm_store_release_u32(<uint32_t *>base, <uint32_t>(i + 1))
+            if not _relay_wait(<uint32_t *>(base + 192), <uint32_t>(i + 1), deadline):
+                ok = False
+                break
+            ns[i] = <int64_t>(shm_now_ns() - t0)
+    PyBuffer_Release(&o)
+    PyBuffer_Release(&b)
+    if not ok:
+        raise TimeoutError("the relay did not answer")
+
+
+def relay_fwd(buf, Py_ssize_t n):
+    cdef Py_buffer b
+    PyObject_GetBuffer(buf, &b, PyBUF_WRITABLE)
+    cdef char *base = <char *>b.buf
+    cdef Py_ssize_t i
+    cdef uint64_t deadline = shm_now_ns() + DEADLINE_NS
+    with nogil:
+        for i in range(n):
+            if not _relay_wait(<uint32_t *>base, <uint32_t>(i + 1), deadline):
+                break
+            shm_store_release_u32(<uint32_t *>(base + 64), <uint32_t>(i + 1))
+            if not _relay_wait(<uint32_t *>(base + 128), <uint32_t>(i + 1), deadline):
+                break
+            shm_store_release_u32(<uint32_t *>(base + 192), <uint32_t>(i + 1))
+    PyBuffer_Release(&b)
+
+
+def relay_pong(buf, Py_ssize_t n):
+    cdef Py_buffer b
+    PyObject_GetBuffer(buf, &b, PyBUF_WRITABLE)
+    cdef char *base = <char *>b.buf
+    cdef Py_ssize_t i
+    cdef uint64_t deadline = shm_now_ns() + DEADLINE_NS
+    with nogil:
+        for i in range(n):
+            if not _relay_wait(<uint32_t *>(base + 64), <uint32_t>(i + 1), deadline):
+                break
+            shm_store_release_u32(<uint32_t *>(base + 128), <uint32_t>(i + 1))
+    PyBuffer_Release(&b)
+
+
 # ---- fd ping-pong: eventfd (8-byte counter) or pipe (1 byte) --------------
 
 cdef int _fd_xfer(int fd, bint is_write, int size) noexcept nogil:

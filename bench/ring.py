@@ -108,6 +108,30 @@ def bench_spin(pair, n):
     return rtt_rows("spin-pingpong-c", out, n // 10)
 
 
+def bench_relay(cpus, n, name="relay-pingpong-poll"):
+    """A polled ping-pong through a third party (bench/_ringbench.pyx,
+    relay_*): the two ends on cpus[0], the relay on cpus[1], the placement
+    `venet bench switch` gives two frontends and the switch's worker."""
+    m = mmap.mmap(-1, 4096, mmap.MAP_SHARED)
+    out = np.zeros(n, np.int64)
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.sched_setaffinity(0, {cpus[0]})
+            rb.relay_pong(m, n)
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        finally:
+            os._exit(code)
+    try:
+        Pair(cpus).run(lambda: rb.relay_ping(m, n, out), lambda: rb.relay_fwd(m, n))
+    finally:
+        Pair(cpus)._reap(pid)
+    return rtt_rows(name, out, n // 10)
+
+
 def bench_ring_pingpong(pair, n, mode, name, poll_us=0):
     region = ioq.Region.create([64, 64], buf_size=64)
     try:
