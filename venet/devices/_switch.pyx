@@ -30,7 +30,7 @@ from libc.string cimport memcpy, memset
 from libc.errno cimport errno, EAGAIN, EINTR
 from posix.unistd cimport read
 from posix.uio cimport iovec, readv, writev
-from shmsignal.includes.atomics cimport shm_now_ns
+from shmsignal.includes.atomics cimport shm_now_ns, shm_load_relaxed_u8
 from shmsignal.includes.osdefs cimport *
 from ioq.abi cimport *
 from ioq.ring cimport *
@@ -60,6 +60,8 @@ cdef enum:
 cdef uint64_t MAC_USED = 1ULL << 63
 cdef uint64_t TAG_STOP = 0xffffffffffffffffULL
 cdef uint64_t LOW32 = 0xffffffffULL
+
+
 
 
 # ---- the MAC table: open addressing, linear probing, backward-shift delete --
@@ -98,7 +100,9 @@ cdef void mac_delete(sw_t *sw, uint32_t i) noexcept nogil:
     sw.mac_count -= 1
 
 
-cdef void mac_learn(sw_t *sw, uint64_t mac, uint32_t slot) noexcept nogil:
+cdef int mac_learn(sw_t *sw, uint64_t mac, uint32_t slot) noexcept nogil:
+    """0: known on this port (refreshed), 1: learned or moved here, -1: not
+    learned (the table is full)."""
     cdef uint64_t key = mac | MAC_USED
     cdef int64_t at = mac_find(sw, key)
     cdef uint32_t i
@@ -108,11 +112,13 @@ cdef void mac_learn(sw_t *sw, uint64_t mac, uint32_t slot) noexcept nogil:
             sw.mac[at].port = slot
             sw.mac[at].gen = p.gen
             sw.st.mac_moved += 1
+            sw.mac[at].seen_ns = sw.now
+            return 1
         sw.mac[at].seen_ns = sw.now
-        return
+        return 0
     if sw.mac_count >= sw.mac_size:
         sw.st.mac_table_full += 1
-        return
+        return -1
     i = mac_home(sw, key)
     while sw.mac[i].key != 0:
         i = (i + 1) & sw.mac_mask
@@ -122,6 +128,7 @@ cdef void mac_learn(sw_t *sw, uint64_t mac, uint32_t slot) noexcept nogil:
     sw.mac[i].gen = p.gen
     sw.mac_count += 1
     sw.st.mac_learned += 1
+    return 1
 
 
 cdef int64_t mac_lookup(sw_t *sw, uint64_t mac) noexcept nogil:
@@ -362,6 +369,7 @@ cdef void forward(sw_t *sw, uint32_t slot, const iovec *iov, uint32_t niov, uint
     cdef uint64_t dst, src
     cdef int64_t to
     cdef uint32_t i, q
+    cdef int learnt
     gather(iov, niov, eth, VENET_ETH_HLEN)      # the one read of the addresses
     dst = mac48(eth)
     src = mac48(eth + 6)
@@ -369,9 +377,23 @@ cdef void forward(sw_t *sw, uint32_t slot, const iovec *iov, uint32_t niov, uint
     p.st.rx_frames += 1
     p.st.rx_bytes += total
     sw.st.frames += 1
-    if not eth[6] & 1:
-        mac_learn(sw, src, slot)
-    to = -1 if eth[0] & 1 else mac_lookup(sw, dst)
+    # The batch's cache (sw.c_*, reset by ring_turn and tap_turn) stands for
+    # the table while nothing else changes it: sw.now, the ports and the
+    # other entries are fixed during a turn; a learn that changes the table
+    # drops the cached look-up.
+    if not eth[6] & 1 and (src | MAC_USED) != sw.c_src:
+        learnt = mac_learn(sw, src, slot)
+        if learnt > 0:
+            sw.c_dst = 0
+        sw.c_src = (src | MAC_USED) if learnt >= 0 else 0
+    if eth[0] & 1:
+        to = -1
+    elif (dst | MAC_USED) == sw.c_dst:
+        to = sw.c_to
+    else:
+        to = mac_lookup(sw, dst)
+        sw.c_dst = dst | MAC_USED
+        sw.c_to = to
     if to >= 0:
         if <uint32_t>to == slot:
             p.st.filtered += 1
@@ -459,6 +481,7 @@ cdef uint32_t ring_turn(sw_t *sw, uint32_t slot) noexcept nogil:
     if r.broken or p.rx.broken:
         p.st.broken += 1
         return 0
+    sw.c_src = sw.c_dst = 0
     ioq_take(r)
     while frames < SW_BATCH:
         n = venet_chain_peek(r, &seen)
@@ -478,9 +501,13 @@ cdef uint32_t ring_turn(sw_t *sw, uint32_t slot) noexcept nogil:
             p.discard = True
             continue
         ring_frame(sw, slot, n, k)
+    if frames == SW_BATCH:
+        sw.more = True
     if done:
         ioq_release(r)
-        ioq_kick_peer(r)
+        if p.tx_unsig == 0:
+            p.tx_since = sw.now
+        p.tx_unsig += done
     if p.txc_posted:
         p.txc_posted = 0
         ioq_kick_peer(p.evq)
@@ -495,6 +522,7 @@ cdef uint32_t tap_turn(sw_t *sw, uint32_t slot) noexcept nogil:
     cdef iovec one
     cdef virtio_net_hdr_t h
     cdef venet_meta_t meta
+    sw.c_src = sw.c_dst = 0
     # Bounded in reads: refused frames and interrupted reads cost budget too.
     while p.tap_ready and reads < SW_BATCH:
         reads += 1
@@ -520,33 +548,58 @@ cdef uint32_t tap_turn(sw_t *sw, uint32_t slot) noexcept nogil:
         one.iov_base = sw.tapbuf + VENET_META_SIZE
         one.iov_len = got - VENET_META_SIZE
         forward(sw, slot, &one, 1, <uint64_t>(got - VENET_META_SIZE), mflags, &meta)
+    if p.tap_ready:
+        sw.more = True
     return frames
 
 
 cdef void flush(sw_t *sw) noexcept nogil:
     """Publish what the batch put in each port's RX ring (a polling
-    frontend sees it at once); the kicks wait for the turn's end."""
+    frontend sees it at once); the signals wait for the turn's end."""
     cdef uint32_t i
     cdef sw_port_t *q
     for i in range(sw.nact):
         q = &sw.ports[sw.act[i]]
         if q.rx_pend:
             ioq_commit(q.rx, q.rx_pend)
+            if not q.kick_due:
+                q.kick_due = True
+                q.rx_since = sw.now
+            q.rx_unsig += q.rx_pend
             q.rx_pend = 0
-            q.kick_due = True
 
 
-cdef void kick_all(sw_t *sw) noexcept nogil:
-    """End of a turn: each port that got frames is kicked once, if it
-    asked to be: one wake-up per turn however many senders fed it."""
+cdef inline bint peer_asleep(ioq_ring_t *r) noexcept nogil:
+    """The peer asked to be kicked: signalling it now costs a syscall (and
+    a wake-up).  A peer that has not is signalled at once: that is a store."""
+    return shm_load_relaxed_u8(&r.sig.shm.side[1 - r.sig.me].enabled) != 0
+
+
+cdef void sw_signal(sw_t *sw) noexcept nogil:
+    """End of a turn: signal each port with news (frames published for it,
+    TX slots released), once however many senders fed it.  When the turn
+    took every frame it saw, all of them now.  When frames were left behind
+    (a batch was full: the switch turns again at once) a port that sleeps
+    is kicked only once it has a share of its ring to read (or to fill),
+    or its news is SW_SIGNAL_DEFER_NS old: under load one wake-up then
+    carries many batches, not one."""
     cdef uint32_t i
     cdef sw_port_t *q
+    cdef bint now = not sw.more
     for i in range(sw.nact):
         q = &sw.ports[sw.act[i]]
-        if q.kick_due:
+        if q.kind != SW_KIND_RING:
+            continue
+        if q.kick_due and (now or q.rx_unsig >= q.rx.count // SW_RX_SIGNAL_PART
+                           or sw.now - q.rx_since >= SW_SIGNAL_DEFER_NS or not peer_asleep(q.rx)):
             q.kick_due = False
+            q.rx_unsig = 0
             if ioq_kick_peer(q.rx) > 0:
                 q.st.kicks += 1
+        if q.tx_unsig and (now or q.tx_unsig >= q.tx.count // SW_TX_SIGNAL_PART
+                           or sw.now - q.tx_since >= SW_SIGNAL_DEFER_NS or not peer_asleep(q.tx)):
+            q.tx_unsig = 0
+            ioq_kick_peer(q.tx)
 
 
 cdef int sw_run(sw_t *sw, uint32_t events) noexcept nogil:
@@ -561,6 +614,7 @@ cdef int sw_run(sw_t *sw, uint32_t events) noexcept nogil:
     pthread_mutex_lock(&sw.lock)
     sw.now = shm_now_ns()
     sw.st.turns += 1
+    sw.more = False
     if sw.now >= sw.next_sweep:
         mac_sweep(sw, -1)
         sw.next_sweep = sw.now + SWEEP_NS
@@ -571,7 +625,7 @@ cdef int sw_run(sw_t *sw, uint32_t events) noexcept nogil:
         else:
             did += ring_turn(sw, slot)
         flush(sw)
-    kick_all(sw)
+    sw_signal(sw)
     if did:
         sw.recent = True
         pthread_mutex_unlock(&sw.lock)
