@@ -111,6 +111,7 @@ cdef struct sw_t:
     sw_port_t ports[SW_MAX_PORTS]
     uint32_t act[SW_MAX_PORTS]  # slots in use, in order
     uint32_t nact
+    uint32_t ntaps              # tap ports among them
     uint32_t next_gen
     uint32_t max_plain          # MTU + 14
     mac_ent_t *mac

@@ -675,16 +675,12 @@ cdef bint sw_peek(sw_t *sw) noexcept nogil:
     return work
 
 
-cdef void sw_woken(sw_t *sw, epoll_event *evs, int n) noexcept nogil:
-    """After a sleep: disarm every port and take the doorbells' edges."""
+cdef void sw_mark(sw_t *sw, epoll_event *evs, int n) noexcept nogil:
+    """Under the lock: what the switch's epoll reported, each readable tap
+    and each rung doorbell."""
     cdef int i
-    cdef uint32_t slot, gen, j
+    cdef uint32_t slot, gen
     cdef sw_port_t *p
-    pthread_mutex_lock(&sw.lock)
-    for j in range(sw.nact):
-        p = &sw.ports[sw.act[j]]
-        if p.kind == SW_KIND_RING:
-            ioq_disarm(p.tx)
     for i in range(n):
         slot = <uint32_t>(evs[i].data.u64 & LOW32)
         gen = <uint32_t>(evs[i].data.u64 >> 32)
@@ -697,41 +693,83 @@ cdef void sw_woken(sw_t *sw, epoll_event *evs, int n) noexcept nogil:
             p.tap_ready = True
         else:
             ioq_kicked(p.tx)
+
+
+cdef void sw_woken(sw_t *sw, epoll_event *evs, int n) noexcept nogil:
+    """After a sleep: disarm every port, take the events the switch's epoll
+    reported (none when it was not read), and let every port whose kick
+    reached us kick again (its `pending` is set: whichever doorbell woke
+    us, the turn that follows looks at every port)."""
+    cdef uint32_t j
+    cdef sw_port_t *p
+    pthread_mutex_lock(&sw.lock)
+    for j in range(sw.nact):
+        p = &sw.ports[sw.act[j]]
+        if p.kind == SW_KIND_RING:
+            ioq_disarm(p.tx)
+    sw_mark(sw, evs, n)
+    for j in range(sw.nact):
+        p = &sw.ports[sw.act[j]]
+        if p.kind == SW_KIND_RING and shm_load_relaxed_u8(&p.tx.sig.shm.side[p.tx.sig.me].pending):
+            ioq_kicked(p.tx)
     sw.st.wakeups += 1
     pthread_mutex_unlock(&sw.lock)
 
 
 cdef int sw_events(sw_t *sw, int timeout_ms) noexcept nogil:
     """Wait up to timeout_ms (0: do not wait) on the switch's epoll and take
-    what it reports: each rung doorbell's edge (ioq_kicked, so its peer may
-    kick again), each readable tap.  Returns -1 after stop(), else how
-    many events."""
+    everything it holds: each rung doorbell's edge (ioq_kicked, so its peer
+    may kick again), each readable tap.  Returns -1 after stop(), else how
+    many events.  The pool watches that epoll edge-triggered, so what is
+    left in it would not be reported again: it is read until it is empty."""
     cdef epoll_event evs[32]
-    cdef int n, i
+    cdef int n, i, total = 0
     cdef uint64_t cnt
     cdef bint stop = False
-    n = epoll_wait(sw.epfd, evs, 32, timeout_ms)
-    for i in range(n):
-        if evs[i].data.u64 == TAG_STOP:
-            cnt = 0
-            read(sw.stop_fd, &cnt, 8)
-            # 1 per stop(), 2 per wake(): an odd count holds a stop.
-            if cnt & 1:
-                stop = True
-            evs[i].data.u64 = SW_MAX_PORTS
-    if n >= 0:
-        sw_woken(sw, evs, n if n > 0 else 0)
-    return -1 if stop else n
+    cdef bint first = True
+    while True:
+        n = epoll_wait(sw.epfd, evs, 32, timeout_ms if first else 0)
+        if n < 0:
+            if first:
+                sw_woken(sw, evs, 0)
+            break
+        for i in range(n):
+            if evs[i].data.u64 == TAG_STOP:
+                cnt = 0
+                read(sw.stop_fd, &cnt, 8)
+                # 1 per stop(), 2 per wake(): an odd count holds a stop.
+                if cnt & 1:
+                    stop = True
+                evs[i].data.u64 = SW_MAX_PORTS
+        if first:
+            sw_woken(sw, evs, n)
+            first = False
+        else:
+            pthread_mutex_lock(&sw.lock)
+            sw_mark(sw, evs, n)
+            pthread_mutex_unlock(&sw.lock)
+        total += n
+        if n < 32:
+            break
+    return -1 if stop else total
 
 
 cdef int sw_task_run(sw_t *sw, uint32_t events) noexcept nogil:
     """The worker pool's `run` for a switch whose one fd is its own epoll
     (Switch.task_fd: readable when a port's doorbell rang, a tap has
-    frames, or stop() was called).  events != 0: that fd was reported, so
-    what it holds is taken first, without waiting.  VBUS_TASK_DONE after
-    stop(), else as sw_run."""
-    if events & (VBUS_EV_FDS | VBUS_EV_ADDED) and sw_events(sw, 0) < 0:
-        return VBUS_TASK_DONE
+    frames, or stop() was called).  events != 0: that fd was reported.
+    Without taps nothing needs to be read from it: a rung doorbell is an
+    edge the pool's epoll saw (it watches this one edge-triggered, and every
+    doorbell's edge makes a new one), the stop() of a pool task is the
+    pool's remove, and every port is looked at by the turn anyway; so a
+    wake-up costs no second epoll_wait.  With taps, or on the first turn,
+    it is read (sw_events).  VBUS_TASK_DONE after stop(), else as sw_run."""
+    if events & (VBUS_EV_FDS | VBUS_EV_ADDED):
+        if sw.ntaps or events & VBUS_EV_ADDED:
+            if sw_events(sw, 0) < 0:
+                return VBUS_TASK_DONE
+        else:
+            sw_woken(sw, NULL, 0)
     return sw_run(sw, events)
 
 
@@ -790,11 +828,11 @@ cdef class Switch:
         ev.data.u64 = TAG_STOP
         if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.stop_fd, &ev) < 0:
             raise OSError(errno, "epoll_ctl")
-        # One level-triggered fd for the worker: the switch's own epoll.  The
-        # ports' doorbells stay edge-triggered inside it.
+        # One fd for the worker: the switch's own epoll, edge-triggered (each
+        # doorbell's edge inside it is an edge of it: sw_task_run).
         self.task.ctx = <void *>self.sw
         self.task.peek = _task_peek
-        if vbus_task_fd(&self.task, self.epfd, 1, False) < 0:
+        if vbus_task_fd(&self.task, self.epfd, 1, True) < 0:
             raise RuntimeError("the switch's task has no room for its fd")
         self.task.run = _task_run
 
@@ -847,6 +885,8 @@ cdef class Switch:
                 self.sw.ports[slot] = p[0]
                 self.sw.act[self.sw.nact] = slot
                 self.sw.nact += 1
+                if p.kind == SW_KIND_TAP:
+                    self.sw.ntaps += 1
                 self.sw.st.ports_added += 1
             pthread_mutex_unlock(&self.sw.lock)
         if slot == SW_MAX_PORTS:
@@ -932,6 +972,8 @@ cdef class Switch:
         with nogil:
             pthread_mutex_lock(&self.sw.lock)
             fd = p.fd if p.kind == SW_KIND_TAP else ioq_wait_fd(p.tx)
+            if p.used and p.kind == SW_KIND_TAP:
+                self.sw.ntaps -= 1
             p.used = 0
             for i in range(self.sw.nact):
                 if self.sw.act[i] != slot:
