@@ -603,11 +603,11 @@ cdef void sw_signal(sw_t *sw) noexcept nogil:
 
 
 cdef int sw_run(sw_t *sw, uint32_t events) noexcept nogil:
-    """One turn over every port: VBUS_TASK_MORE while work is left,
-    VBUS_TASK_POLL right after work when busy-polling was asked (signals
-    left unarmed: the peers need not kick while the worker polls), else
-    VBUS_TASK_IDLE once every signal is armed and nothing arrived
-    meanwhile."""
+    """One turn over every port: VBUS_TASK_MORE while work is left (a
+    batch was full; with busy-polling, after any work), VBUS_TASK_POLL
+    right after work when busy-polling was asked (signals left unarmed: the
+    peers need not kick while the worker polls), else VBUS_TASK_IDLE once
+    every signal is armed and nothing arrived meanwhile."""
     cdef uint32_t i, did = 0, slot
     cdef bint work = False
     cdef sw_port_t *p
@@ -626,15 +626,18 @@ cdef int sw_run(sw_t *sw, uint32_t events) noexcept nogil:
             did += ring_turn(sw, slot)
         flush(sw)
     sw_signal(sw)
-    if did:
+    if did and (sw.more or sw.poll_ns > 0):
         sw.recent = True
         pthread_mutex_unlock(&sw.lock)
         return VBUS_TASK_MORE
-    if sw.poll_ns > 0 and sw.recent and not events & VBUS_EV_ARM:
+    if not did and sw.poll_ns > 0 and sw.recent and not events & VBUS_EV_ARM:
         sw.recent = False
         pthread_mutex_unlock(&sw.lock)
         return VBUS_TASK_POLL
-    sw.recent = False
+    # Not busy-polling and this turn took every frame it saw (or none): arm
+    # now, not after one more turn that would find nothing (on the CPU it
+    # shares with a frontend just kicked, that turn delays the frontend).
+    sw.recent = did != 0
     # Arm, then re-check: a frame published after the turn looked is seen
     # here, or its producer sees `enabled` and kicks.
     for i in range(sw.nact):
