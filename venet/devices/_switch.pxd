@@ -58,7 +58,7 @@ cdef struct sw_port_stats_t:
     uint64_t gso_whole          # super-frames passed to it whole
     uint64_t txc_events
     uint64_t txc_lost
-    uint64_t kicks              # batches after which it was kicked (if it asked)
+    uint64_t kicks              # times its RX doorbell was rung (it had asked to be woken)
     uint64_t broken             # turns skipped: it corrupted a ring index
 
 
