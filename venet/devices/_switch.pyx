@@ -7,13 +7,14 @@ port once: up to SW_BATCH frames popped from its TX ring, each chain and
 offload record validated once with the pump's codec (venet/chain.pxd,
 venet/meta.pxd), the source MAC learned, the destination looked up, the
 frame copied once into each destination's RX paired buffers, the batch
-released, and each destination published and kicked once per batch (a kick
-goes only to a side that asked to be woken: ioq_kick_peer).  A destination
-with no room loses the frame, counted on it; nothing waits.
+released, and each destination published per batch; at the turn's end
+each port with news is signalled once (a kick goes only to a side that
+asked to be woken: ioq_kick_peer; under load it waits: sw_signal).  A
+destination with no room loses the frame, counted on it; nothing waits.
 
 The switch is a task of a vbus worker pool (vbus/worker.pxd): its one fd
 is its own epoll (each port's TX doorbell, edge-triggered; a tap port's
-fd), and a turn returns MORE while work is left and IDLE only after arming
+fd), watched edge-triggered, and a turn returns MORE while work is left and IDLE only after arming
 every port's TX signal and finding nothing published meanwhile (no lost
 wake-up).  MAC ageing needs no timer: a lookup refuses an entry older than
 the ageing time, and a periodic sweep during turns reclaims the slots, so
