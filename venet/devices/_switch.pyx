@@ -14,9 +14,9 @@ destination with no room loses the frame, counted on it; nothing waits.
 
 The switch is a task of a vbus worker pool (vbus/worker.pxd): its one fd
 is its own epoll (each port's TX doorbell, edge-triggered; a tap port's
-fd), watched edge-triggered, and a turn returns MORE while work is left and IDLE only after arming
-every port's TX signal and finding nothing published meanwhile (no lost
-wake-up).  MAC ageing needs no timer: a lookup refuses an entry older than
+fd), watched edge-triggered, and a turn returns MORE while work is left
+and IDLE only after arming every port's TX signal and finding nothing
+published meanwhile (no lost wake-up).  MAC ageing needs no timer: a lookup refuses an entry older than
 the ageing time, and a periodic sweep during turns reclaims the slots, so
 an idle switch is never woken.
 
@@ -61,8 +61,6 @@ cdef enum:
 cdef uint64_t MAC_USED = 1ULL << 63
 cdef uint64_t TAG_STOP = 0xffffffffffffffffULL
 cdef uint64_t LOW32 = 0xffffffffULL
-
-
 
 
 # ---- the MAC table: open addressing, linear probing, backward-shift delete --
