@@ -12,6 +12,10 @@ Rows (`--json FILE` writes {"rows": [{"name", "metric", "value"}, ...]}):
                                  aggregate
   switch-stream-64-c-poll        switch-stream-64-c with frontends and device
                                  polling (--poll-us) instead of sleeping
+  switch-stream-64-c[-4fe]-r1024 switch-stream-64-c[-4fe] with rings of
+                                 DEEP_RING slots instead of the default (256
+                                 at MTU 1500): in signal mode a ring must
+                                 hold what arrives while a sleeper wakes up
   switch-pingpong-poll           one frame each way, frontends and device with
                                  --poll-us: rtt_ns_p50/p99
   switch-pingpong-signal         the same sleeping on the shmsignal doorbells
@@ -62,6 +66,7 @@ LEARN_TYPE = b"\x88\xb6"            # frames that teach the switch a MAC; not co
 WAIT_SIGNAL = 1
 POLL_US = 1000                      # --poll-us of the poll rows (frontends and device)
 BATCH = 32
+DEEP_RING = 1024                    # the -r1024 rows' ring slots (TX and RX)
 A, B = "10.77.0.1", "10.77.0.2"    # not used on the wire; the veth pair carries raw frames
 
 
@@ -230,11 +235,11 @@ class Daemon:
 
 # ---- frontend phases ------------------------------------------------------
 
-def _open(sock, dev, poll_us=0):
+def _open(sock, dev, poll_us=0, ring=None):
     def phase(st):
         from venet import frontend as fe
         st["bus"] = fe.connect(sock)
-        st["dev"] = st["bus"].open(dev, poll_us=poll_us)
+        st["dev"] = st["bus"].open(dev, poll_us=poll_us, ring_size=ring)
         return None
     return phase
 
@@ -359,7 +364,7 @@ class Switch:
         self.sock = daemon.device(self.name, cls, "b" + self.name, sets)
 
 
-def switch_stream(sw_, name, size, seconds, pairs=1, api="c", cpus=(0, 1), poll_us=0):
+def switch_stream(sw_, name, size, seconds, pairs=1, api="c", cpus=(0, 1), poll_us=0, ring=None):
     jobs = []
     for p in range(pairs):
         a, b = 2 * p + 1, 2 * p + 2
@@ -368,9 +373,9 @@ def switch_stream(sw_, name, size, seconds, pairs=1, api="c", cpus=(0, 1), poll_
             recv = _stream_recv_c(seconds, poll_us=poll_us)
         else:
             send, recv = _stream_send_py(a, b, size, seconds), _stream_recv_py(size, seconds)
-        jobs.append(Job([_open(sw_.sock, sw_.name, poll_us), _learn(a, b), send], cpu=cpus[0],
+        jobs.append(Job([_open(sw_.sock, sw_.name, poll_us, ring), _learn(a, b), send], cpu=cpus[0],
                         name=f"{name} sender {a}"))
-        jobs.append(Job([_open(sw_.sock, sw_.name, poll_us), _learn(b, a), recv], cpu=cpus[1],
+        jobs.append(Job([_open(sw_.sock, sw_.name, poll_us, ring), _learn(b, a), recv], cpu=cpus[1],
                         name=f"{name} receiver {b}"))
     res = run_jobs(jobs, timeout=seconds + 30)
     return _rate_rows(name, res[1::2])
@@ -586,7 +591,8 @@ def memif_stream(seconds, cpus=(0, 1)):
 SWITCH_ROWS = [("switch-stream-64-c", "frames_per_s"), ("switch-stream-64-py", "frames_per_s"),
                ("switch-stream-64-c-4fe", "frames_per_s"), ("switch-stream-1500-c", "frames_per_s"),
                ("switch-stream-1500-py", "frames_per_s"), ("switch-stream-1500-c-4fe", "frames_per_s"),
-               ("switch-stream-64-c-poll", "frames_per_s"),
+               ("switch-stream-64-c-poll", "frames_per_s"), ("switch-stream-64-c-r1024", "frames_per_s"),
+               ("switch-stream-64-c-4fe-r1024", "frames_per_s"),
                ("switch-pingpong-poll", "rtt_ns_p50"), ("switch-pingpong-poll", "rtt_ns_p99"),
                ("switch-pingpong-signal", "rtt_ns_p50"), ("switch-pingpong-signal", "rtt_ns_p99")]
 
@@ -645,6 +651,10 @@ def run(cpus=(0, 1), quick=False, loopback=False, progress=None, switch_class=SW
                      lambda: switch_stream(plain, f"switch-stream-{size}-py", size, secs, api="py", cpus=fe))
                 step([(f"switch-stream-{size}-c-4fe", "frames_per_s")],
                      lambda: switch_stream(plain, f"switch-stream-{size}-c-4fe", size, secs, pairs=2, cpus=fe))
+            for fe_pairs, sfx in ((1, ""), (2, "-4fe")):
+                step([(f"switch-stream-64-c{sfx}-r1024", "frames_per_s")],
+                     lambda: switch_stream(plain, f"switch-stream-64-c{sfx}-r1024", 64, secs, pairs=fe_pairs,
+                                           cpus=fe, ring=DEEP_RING))
             step([("switch-stream-64-c-poll", "frames_per_s")],
                  lambda: switch_stream(polled, "switch-stream-64-c-poll", 64, secs, cpus=fe, poll_us=POLL_US))
             step([("switch-pingpong-poll", "rtt_ns_p50")],
@@ -701,6 +711,8 @@ def ratios(rows):
              ("switch-pingpong-signal / eventfd-relay-pingpong", p50("switch-pingpong-signal"),
               p50("eventfd-relay-pingpong")),
              ("switch-stream-64-c-4fe / switch-stream-64-c", fps("switch-stream-64-c-4fe"), fps("switch-stream-64-c")),
+             ("switch-stream-64-c-4fe-r1024 / switch-stream-64-c-r1024", fps("switch-stream-64-c-4fe-r1024"),
+              fps("switch-stream-64-c-r1024")),
              ("switch-stream-64-c / memif-stream-64", fps("switch-stream-64-c"), fps("memif-stream-64"))]
     for k, a, b in pairs:
         if a and b:

@@ -21,6 +21,13 @@ cdef extern from "<pthread.h>" nogil:
 cdef enum:
     SW_MAX_PORTS = 256
     SW_BATCH = 32               # frames taken from one port per turn
+    # While frames are left behind, a sleeping peer's signal waits (docs/switch.md,
+    # "Signal mode"): until this long after the first unsignalled frame or slot,
+    SW_SIGNAL_DEFER_NS = 25_000
+    # or until it has 1/SW_RX_SIGNAL_PART of its RX ring to read, or
+    # 1/SW_TX_SIGNAL_PART of its TX ring free again.
+    SW_RX_SIGNAL_PART = 8
+    SW_TX_SIGNAL_PART = 8
     SW_SG_SCRATCH = 512
     SW_MAX_IOV = VENET_CHAIN_MAX_IOV
     SW_KIND_RING = 0
@@ -51,7 +58,7 @@ cdef struct sw_port_stats_t:
     uint64_t gso_whole          # super-frames passed to it whole
     uint64_t txc_events
     uint64_t txc_lost
-    uint64_t kicks              # batches after which it was kicked (if it asked)
+    uint64_t kicks              # times its RX doorbell was rung (it had asked to be woken)
     uint64_t broken             # turns skipped: it corrupted a ring index
 
 
@@ -68,7 +75,11 @@ cdef struct sw_port_t:
     uint32_t known_flags        # frame flags honoured from it
     uint64_t max_rx             # longest frame it can take (record included)
     uint32_t rx_pend            # slots filled for it in this batch, not yet published
-    bint kick_due               # published for it this turn, not yet kicked
+    bint kick_due               # published for it, not yet signalled (sw_signal)
+    uint32_t rx_unsig           # frames published for it since it was last signalled
+    uint64_t rx_since           # when the first of those was published
+    uint32_t tx_unsig           # its TX slots released since it was last signalled
+    uint64_t tx_since           # when the first of those was released
     bint discard                # skipping the tail of a chain refused as too long
     uint32_t txc_posted
     sw_port_stats_t st
@@ -100,6 +111,7 @@ cdef struct sw_t:
     sw_port_t ports[SW_MAX_PORTS]
     uint32_t act[SW_MAX_PORTS]  # slots in use, in order
     uint32_t nact
+    uint32_t ntaps              # tap ports among them
     uint32_t next_gen
     uint32_t max_plain          # MTU + 14
     mac_ent_t *mac
@@ -121,7 +133,13 @@ cdef struct sw_t:
     int epfd                    # every port's doorbell or tap, and the stop fd
     int stop_fd
     int64_t poll_ns             # --poll-us: the worker busy-polls after work
+    # Within one port's batch, the last source learned and the last look-up
+    # (a batch's frames mostly share their addresses): MAC | 1 << 63, 0: none
+    uint64_t c_src
+    uint64_t c_dst
+    int64_t c_to
     bint recent                 # the last turn moved frames
+    bint more                   # this turn left frames behind (a port's batch was full)
     sw_stats_t st
 
 

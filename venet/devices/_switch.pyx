@@ -7,15 +7,16 @@ port once: up to SW_BATCH frames popped from its TX ring, each chain and
 offload record validated once with the pump's codec (venet/chain.pxd,
 venet/meta.pxd), the source MAC learned, the destination looked up, the
 frame copied once into each destination's RX paired buffers, the batch
-released, and each destination published and kicked once per batch (a kick
-goes only to a side that asked to be woken: ioq_kick_peer).  A destination
-with no room loses the frame, counted on it; nothing waits.
+released, and each destination published per batch; at the turn's end
+each port with news is signalled once (a kick goes only to a side that
+asked to be woken: ioq_kick_peer; under load it waits: sw_signal).  A
+destination with no room loses the frame, counted on it; nothing waits.
 
 The switch is a task of a vbus worker pool (vbus/worker.pxd): its one fd
 is its own epoll (each port's TX doorbell, edge-triggered; a tap port's
-fd), and a turn returns MORE while work is left and IDLE only after arming
-every port's TX signal and finding nothing published meanwhile (no lost
-wake-up).  MAC ageing needs no timer: a lookup refuses an entry older than
+fd), watched edge-triggered, and a turn returns MORE while work is left
+and IDLE only after arming every port's TX signal and finding nothing
+published meanwhile (no lost wake-up).  MAC ageing needs no timer: a lookup refuses an entry older than
 the ageing time, and a periodic sweep during turns reclaims the slots, so
 an idle switch is never woken.
 
@@ -30,7 +31,7 @@ from libc.string cimport memcpy, memset
 from libc.errno cimport errno, EAGAIN, EINTR
 from posix.unistd cimport read
 from posix.uio cimport iovec, readv, writev
-from shmsignal.includes.atomics cimport shm_now_ns
+from shmsignal.includes.atomics cimport shm_now_ns, shm_load_relaxed_u8
 from shmsignal.includes.osdefs cimport *
 from ioq.abi cimport *
 from ioq.ring cimport *
@@ -98,7 +99,9 @@ cdef void mac_delete(sw_t *sw, uint32_t i) noexcept nogil:
     sw.mac_count -= 1
 
 
-cdef void mac_learn(sw_t *sw, uint64_t mac, uint32_t slot) noexcept nogil:
+cdef int mac_learn(sw_t *sw, uint64_t mac, uint32_t slot) noexcept nogil:
+    """0: known on this port (refreshed), 1: learned or moved here, -1: not
+    learned (the table is full)."""
     cdef uint64_t key = mac | MAC_USED
     cdef int64_t at = mac_find(sw, key)
     cdef uint32_t i
@@ -108,11 +111,13 @@ cdef void mac_learn(sw_t *sw, uint64_t mac, uint32_t slot) noexcept nogil:
             sw.mac[at].port = slot
             sw.mac[at].gen = p.gen
             sw.st.mac_moved += 1
+            sw.mac[at].seen_ns = sw.now
+            return 1
         sw.mac[at].seen_ns = sw.now
-        return
+        return 0
     if sw.mac_count >= sw.mac_size:
         sw.st.mac_table_full += 1
-        return
+        return -1
     i = mac_home(sw, key)
     while sw.mac[i].key != 0:
         i = (i + 1) & sw.mac_mask
@@ -122,6 +127,7 @@ cdef void mac_learn(sw_t *sw, uint64_t mac, uint32_t slot) noexcept nogil:
     sw.mac[i].gen = p.gen
     sw.mac_count += 1
     sw.st.mac_learned += 1
+    return 1
 
 
 cdef int64_t mac_lookup(sw_t *sw, uint64_t mac) noexcept nogil:
@@ -362,6 +368,7 @@ cdef void forward(sw_t *sw, uint32_t slot, const iovec *iov, uint32_t niov, uint
     cdef uint64_t dst, src
     cdef int64_t to
     cdef uint32_t i, q
+    cdef int learnt
     gather(iov, niov, eth, VENET_ETH_HLEN)      # the one read of the addresses
     dst = mac48(eth)
     src = mac48(eth + 6)
@@ -369,9 +376,23 @@ cdef void forward(sw_t *sw, uint32_t slot, const iovec *iov, uint32_t niov, uint
     p.st.rx_frames += 1
     p.st.rx_bytes += total
     sw.st.frames += 1
-    if not eth[6] & 1:
-        mac_learn(sw, src, slot)
-    to = -1 if eth[0] & 1 else mac_lookup(sw, dst)
+    # The batch's cache (sw.c_*, reset by ring_turn and tap_turn) stands for
+    # the table while nothing else changes it: sw.now, the ports and the
+    # other entries are fixed during a turn; a learn that changes the table
+    # drops the cached look-up.
+    if not eth[6] & 1 and (src | MAC_USED) != sw.c_src:
+        learnt = mac_learn(sw, src, slot)
+        if learnt > 0:
+            sw.c_dst = 0
+        sw.c_src = (src | MAC_USED) if learnt >= 0 else 0
+    if eth[0] & 1:
+        to = -1
+    elif (dst | MAC_USED) == sw.c_dst:
+        to = sw.c_to
+    else:
+        to = mac_lookup(sw, dst)
+        sw.c_dst = dst | MAC_USED
+        sw.c_to = to
     if to >= 0:
         if <uint32_t>to == slot:
             p.st.filtered += 1
@@ -459,6 +480,7 @@ cdef uint32_t ring_turn(sw_t *sw, uint32_t slot) noexcept nogil:
     if r.broken or p.rx.broken:
         p.st.broken += 1
         return 0
+    sw.c_src = sw.c_dst = 0
     ioq_take(r)
     while frames < SW_BATCH:
         n = venet_chain_peek(r, &seen)
@@ -478,9 +500,13 @@ cdef uint32_t ring_turn(sw_t *sw, uint32_t slot) noexcept nogil:
             p.discard = True
             continue
         ring_frame(sw, slot, n, k)
+    if frames == SW_BATCH:
+        sw.more = True
     if done:
         ioq_release(r)
-        ioq_kick_peer(r)
+        if p.tx_unsig == 0:
+            p.tx_since = sw.now
+        p.tx_unsig += done
     if p.txc_posted:
         p.txc_posted = 0
         ioq_kick_peer(p.evq)
@@ -495,6 +521,7 @@ cdef uint32_t tap_turn(sw_t *sw, uint32_t slot) noexcept nogil:
     cdef iovec one
     cdef virtio_net_hdr_t h
     cdef venet_meta_t meta
+    sw.c_src = sw.c_dst = 0
     # Bounded in reads: refused frames and interrupted reads cost budget too.
     while p.tap_ready and reads < SW_BATCH:
         reads += 1
@@ -520,47 +547,73 @@ cdef uint32_t tap_turn(sw_t *sw, uint32_t slot) noexcept nogil:
         one.iov_base = sw.tapbuf + VENET_META_SIZE
         one.iov_len = got - VENET_META_SIZE
         forward(sw, slot, &one, 1, <uint64_t>(got - VENET_META_SIZE), mflags, &meta)
+    if p.tap_ready:
+        sw.more = True
     return frames
 
 
 cdef void flush(sw_t *sw) noexcept nogil:
     """Publish what the batch put in each port's RX ring (a polling
-    frontend sees it at once); the kicks wait for the turn's end."""
+    frontend sees it at once); the signals wait for the turn's end."""
     cdef uint32_t i
     cdef sw_port_t *q
     for i in range(sw.nact):
         q = &sw.ports[sw.act[i]]
         if q.rx_pend:
             ioq_commit(q.rx, q.rx_pend)
+            if not q.kick_due:
+                q.kick_due = True
+                q.rx_since = sw.now
+            q.rx_unsig += q.rx_pend
             q.rx_pend = 0
-            q.kick_due = True
 
 
-cdef void kick_all(sw_t *sw) noexcept nogil:
-    """End of a turn: each port that got frames is kicked once, if it
-    asked to be: one wake-up per turn however many senders fed it."""
+cdef inline bint peer_asleep(ioq_ring_t *r) noexcept nogil:
+    """The peer asked to be kicked: signalling it now costs a syscall (and
+    a wake-up).  A peer that has not is signalled at once: that is a store."""
+    return shm_load_relaxed_u8(&r.sig.shm.side[1 - r.sig.me].enabled) != 0
+
+
+cdef void sw_signal(sw_t *sw) noexcept nogil:
+    """End of a turn: signal each port with news (frames published for it,
+    TX slots released), once however many senders fed it.  When the turn
+    took every frame it saw, all of them now.  When frames were left behind
+    (a batch was full: the switch turns again at once) a port that sleeps
+    is kicked only once it has a share of its ring to read (or to fill),
+    or its news is SW_SIGNAL_DEFER_NS old: under load one wake-up then
+    carries many batches, not one."""
     cdef uint32_t i
     cdef sw_port_t *q
+    cdef bint now = not sw.more
     for i in range(sw.nact):
         q = &sw.ports[sw.act[i]]
-        if q.kick_due:
+        if q.kind != SW_KIND_RING:
+            continue
+        if q.kick_due and (now or q.rx_unsig >= q.rx.count // SW_RX_SIGNAL_PART
+                           or sw.now - q.rx_since >= SW_SIGNAL_DEFER_NS or not peer_asleep(q.rx)):
             q.kick_due = False
+            q.rx_unsig = 0
             if ioq_kick_peer(q.rx) > 0:
                 q.st.kicks += 1
+        if q.tx_unsig and (now or q.tx_unsig >= q.tx.count // SW_TX_SIGNAL_PART
+                           or sw.now - q.tx_since >= SW_SIGNAL_DEFER_NS or not peer_asleep(q.tx)):
+            q.tx_unsig = 0
+            ioq_kick_peer(q.tx)
 
 
 cdef int sw_run(sw_t *sw, uint32_t events) noexcept nogil:
-    """One turn over every port: VBUS_TASK_MORE while work is left,
-    VBUS_TASK_POLL right after work when busy-polling was asked (signals
-    left unarmed: the peers need not kick while the worker polls), else
-    VBUS_TASK_IDLE once every signal is armed and nothing arrived
-    meanwhile."""
+    """One turn over every port: VBUS_TASK_MORE while work is left (a
+    batch was full; with busy-polling, after any work), VBUS_TASK_POLL
+    right after work when busy-polling was asked (signals left unarmed: the
+    peers need not kick while the worker polls), else VBUS_TASK_IDLE once
+    every signal is armed and nothing arrived meanwhile."""
     cdef uint32_t i, did = 0, slot
     cdef bint work = False
     cdef sw_port_t *p
     pthread_mutex_lock(&sw.lock)
     sw.now = shm_now_ns()
     sw.st.turns += 1
+    sw.more = False
     if sw.now >= sw.next_sweep:
         mac_sweep(sw, -1)
         sw.next_sweep = sw.now + SWEEP_NS
@@ -571,16 +624,19 @@ cdef int sw_run(sw_t *sw, uint32_t events) noexcept nogil:
         else:
             did += ring_turn(sw, slot)
         flush(sw)
-    kick_all(sw)
-    if did:
+    sw_signal(sw)
+    if did and (sw.more or sw.poll_ns > 0):
         sw.recent = True
         pthread_mutex_unlock(&sw.lock)
         return VBUS_TASK_MORE
-    if sw.poll_ns > 0 and sw.recent and not events & VBUS_EV_ARM:
+    if not did and sw.poll_ns > 0 and sw.recent and not events & VBUS_EV_ARM:
         sw.recent = False
         pthread_mutex_unlock(&sw.lock)
         return VBUS_TASK_POLL
-    sw.recent = False
+    # Not busy-polling and this turn took every frame it saw (or none): arm
+    # now, not after one more turn that would find nothing (on the CPU it
+    # shares with a frontend just kicked, that turn delays the frontend).
+    sw.recent = did != 0
     # Arm, then re-check: a frame published after the turn looked is seen
     # here, or its producer sees `enabled` and kicks.
     for i in range(sw.nact):
@@ -621,16 +677,12 @@ cdef bint sw_peek(sw_t *sw) noexcept nogil:
     return work
 
 
-cdef void sw_woken(sw_t *sw, epoll_event *evs, int n) noexcept nogil:
-    """After a sleep: disarm every port and take the doorbells' edges."""
+cdef void sw_mark(sw_t *sw, epoll_event *evs, int n) noexcept nogil:
+    """Under the lock: what the switch's epoll reported, each readable tap
+    and each rung doorbell."""
     cdef int i
-    cdef uint32_t slot, gen, j
+    cdef uint32_t slot, gen
     cdef sw_port_t *p
-    pthread_mutex_lock(&sw.lock)
-    for j in range(sw.nact):
-        p = &sw.ports[sw.act[j]]
-        if p.kind == SW_KIND_RING:
-            ioq_disarm(p.tx)
     for i in range(n):
         slot = <uint32_t>(evs[i].data.u64 & LOW32)
         gen = <uint32_t>(evs[i].data.u64 >> 32)
@@ -643,41 +695,83 @@ cdef void sw_woken(sw_t *sw, epoll_event *evs, int n) noexcept nogil:
             p.tap_ready = True
         else:
             ioq_kicked(p.tx)
+
+
+cdef void sw_woken(sw_t *sw, epoll_event *evs, int n) noexcept nogil:
+    """After a sleep: disarm every port, take the events the switch's epoll
+    reported (none when it was not read), and let every port whose kick
+    reached us kick again (its `pending` is set: whichever doorbell woke
+    us, the turn that follows looks at every port)."""
+    cdef uint32_t j
+    cdef sw_port_t *p
+    pthread_mutex_lock(&sw.lock)
+    for j in range(sw.nact):
+        p = &sw.ports[sw.act[j]]
+        if p.kind == SW_KIND_RING:
+            ioq_disarm(p.tx)
+    sw_mark(sw, evs, n)
+    for j in range(sw.nact):
+        p = &sw.ports[sw.act[j]]
+        if p.kind == SW_KIND_RING and shm_load_relaxed_u8(&p.tx.sig.shm.side[p.tx.sig.me].pending):
+            ioq_kicked(p.tx)
     sw.st.wakeups += 1
     pthread_mutex_unlock(&sw.lock)
 
 
 cdef int sw_events(sw_t *sw, int timeout_ms) noexcept nogil:
     """Wait up to timeout_ms (0: do not wait) on the switch's epoll and take
-    what it reports: each rung doorbell's edge (ioq_kicked, so its peer may
-    kick again), each readable tap.  Returns -1 after stop(), else how
-    many events."""
+    everything it holds: each rung doorbell's edge (ioq_kicked, so its peer
+    may kick again), each readable tap.  Returns -1 after stop(), else how
+    many events.  The pool watches that epoll edge-triggered, so what is
+    left in it would not be reported again: it is read until it is empty."""
     cdef epoll_event evs[32]
-    cdef int n, i
+    cdef int n, i, total = 0
     cdef uint64_t cnt
     cdef bint stop = False
-    n = epoll_wait(sw.epfd, evs, 32, timeout_ms)
-    for i in range(n):
-        if evs[i].data.u64 == TAG_STOP:
-            cnt = 0
-            read(sw.stop_fd, &cnt, 8)
-            # 1 per stop(), 2 per wake(): an odd count holds a stop.
-            if cnt & 1:
-                stop = True
-            evs[i].data.u64 = SW_MAX_PORTS
-    if n >= 0:
-        sw_woken(sw, evs, n if n > 0 else 0)
-    return -1 if stop else n
+    cdef bint first = True
+    while True:
+        n = epoll_wait(sw.epfd, evs, 32, timeout_ms if first else 0)
+        if n < 0:
+            if first:
+                sw_woken(sw, evs, 0)
+            break
+        for i in range(n):
+            if evs[i].data.u64 == TAG_STOP:
+                cnt = 0
+                read(sw.stop_fd, &cnt, 8)
+                # 1 per stop(), 2 per wake(): an odd count holds a stop.
+                if cnt & 1:
+                    stop = True
+                evs[i].data.u64 = SW_MAX_PORTS
+        if first:
+            sw_woken(sw, evs, n)
+            first = False
+        else:
+            pthread_mutex_lock(&sw.lock)
+            sw_mark(sw, evs, n)
+            pthread_mutex_unlock(&sw.lock)
+        total += n
+        if n < 32:
+            break
+    return -1 if stop else total
 
 
 cdef int sw_task_run(sw_t *sw, uint32_t events) noexcept nogil:
     """The worker pool's `run` for a switch whose one fd is its own epoll
     (Switch.task_fd: readable when a port's doorbell rang, a tap has
-    frames, or stop() was called).  events != 0: that fd was reported, so
-    what it holds is taken first, without waiting.  VBUS_TASK_DONE after
-    stop(), else as sw_run."""
-    if events & (VBUS_EV_FDS | VBUS_EV_ADDED) and sw_events(sw, 0) < 0:
-        return VBUS_TASK_DONE
+    frames, or stop() was called).  events != 0: that fd was reported.
+    Without taps nothing needs to be read from it: a rung doorbell is an
+    edge the pool's epoll saw (it watches this one edge-triggered, and every
+    doorbell's edge makes a new one), the stop() of a pool task is the
+    pool's remove, and every port is looked at by the turn anyway; so a
+    wake-up costs no second epoll_wait.  With taps, or on the first turn,
+    it is read (sw_events).  VBUS_TASK_DONE after stop(), else as sw_run."""
+    if events & (VBUS_EV_FDS | VBUS_EV_ADDED):
+        if sw.ntaps or events & VBUS_EV_ADDED:
+            if sw_events(sw, 0) < 0:
+                return VBUS_TASK_DONE
+        else:
+            sw_woken(sw, NULL, 0)
     return sw_run(sw, events)
 
 
@@ -736,11 +830,11 @@ cdef class Switch:
         ev.data.u64 = TAG_STOP
         if epoll_ctl(self.epfd, EPOLL_CTL_ADD, self.stop_fd, &ev) < 0:
             raise OSError(errno, "epoll_ctl")
-        # One level-triggered fd for the worker: the switch's own epoll.  The
-        # ports' doorbells stay edge-triggered inside it.
+        # One fd for the worker: the switch's own epoll, edge-triggered (each
+        # doorbell's edge inside it is an edge of it: sw_task_run).
         self.task.ctx = <void *>self.sw
         self.task.peek = _task_peek
-        if vbus_task_fd(&self.task, self.epfd, 1, False) < 0:
+        if vbus_task_fd(&self.task, self.epfd, 1, True) < 0:
             raise RuntimeError("the switch's task has no room for its fd")
         self.task.run = _task_run
 
@@ -793,6 +887,8 @@ cdef class Switch:
                 self.sw.ports[slot] = p[0]
                 self.sw.act[self.sw.nact] = slot
                 self.sw.nact += 1
+                if p.kind == SW_KIND_TAP:
+                    self.sw.ntaps += 1
                 self.sw.st.ports_added += 1
             pthread_mutex_unlock(&self.sw.lock)
         if slot == SW_MAX_PORTS:
@@ -878,6 +974,8 @@ cdef class Switch:
         with nogil:
             pthread_mutex_lock(&self.sw.lock)
             fd = p.fd if p.kind == SW_KIND_TAP else ioq_wait_fd(p.tx)
+            if p.used and p.kind == SW_KIND_TAP:
+                self.sw.ntaps -= 1
             p.used = 0
             for i in range(self.sw.nact):
                 if self.sw.act[i] != slot:
