@@ -446,6 +446,14 @@ def ring_pingpong(n, cpus):
     return rows
 
 
+def relay_pingpong(n, cpus):
+    """Three pollers on two CPUs over bare cache lines, placed as the
+    switch's ping-pong is (two ends on cpus[0], the relay on cpus[1]): the
+    scheduling floor of a polled round trip through any third party."""
+    from bench import ring
+    return ring.bench_relay(cpus, n)
+
+
 def spin(n, cpus, name="spin-pingpong-c"):
     from bench import ring
     return [dict(r, name=name) for r in ring.bench_spin(ring.Pair(cpus), n)]
@@ -668,6 +676,7 @@ def run(cpus=(0, 1), quick=False, loopback=False, progress=None, switch_class=SW
     finally:
         d.stop()
     step([("ring-pingpong-poll", "rtt_ns_p50")], lambda: ring_pingpong(n * 10, cpus))
+    step([("relay-pingpong-poll", "rtt_ns_p50")], lambda: relay_pingpong(n, cpus))
     step([("eventfd-relay-pingpong", "rtt_ns_p50")], lambda: eventfd_relay(n, cpus))
     afp = [("afpacket-stream-64", "frames_per_s"), ("afpacket-mmap-stream-64", "frames_per_s"),
            ("afpacket-pingpong", "rtt_ns_p50")]
@@ -708,6 +717,8 @@ def ratios(rows):
     best_afp = max([x for x in (fps("afpacket-stream-64"), fps("afpacket-mmap-stream-64")) if x] or [0])
     pairs = [("switch-stream-64-c / best AF_PACKET", fps("switch-stream-64-c"), best_afp),
              ("switch-pingpong-poll / ring-pingpong-poll", p50("switch-pingpong-poll"), p50("ring-pingpong-poll")),
+             ("relay-pingpong-poll / ring-pingpong-poll", p50("relay-pingpong-poll"), p50("ring-pingpong-poll")),
+             ("switch-pingpong-poll / relay-pingpong-poll", p50("switch-pingpong-poll"), p50("relay-pingpong-poll")),
              ("switch-pingpong-signal / eventfd-relay-pingpong", p50("switch-pingpong-signal"),
               p50("eventfd-relay-pingpong")),
              ("switch-stream-64-c-4fe / switch-stream-64-c", fps("switch-stream-64-c-4fe"), fps("switch-stream-64-c")),

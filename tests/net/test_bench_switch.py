@@ -12,7 +12,8 @@ pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root (the AF_PACKET r
 STREAMS = ["switch-stream-64-c", "switch-stream-64-py", "switch-stream-64-c-4fe",
            "switch-stream-1500-c", "switch-stream-1500-py", "switch-stream-1500-c-4fe",
            "afpacket-stream-64", "afpacket-mmap-stream-64", "memif-stream-64", "loopback-stream-64-c"]
-RTTS = ["switch-pingpong-poll", "switch-pingpong-signal", "ring-pingpong-poll", "eventfd-relay-pingpong",
+RTTS = ["switch-pingpong-poll", "switch-pingpong-signal", "ring-pingpong-poll", "relay-pingpong-poll",
+        "eventfd-relay-pingpong",
         "afpacket-pingpong", "loopback-pingpong-signal", "spin-pingpong-c"]
 
 
