@@ -11,6 +11,7 @@ pytestmark = pytest.mark.skipif(not IS_ROOT, reason="needs root (the AF_PACKET r
 
 STREAMS = ["switch-stream-64-c", "switch-stream-64-py", "switch-stream-64-c-4fe",
            "switch-stream-1500-c", "switch-stream-1500-py", "switch-stream-1500-c-4fe",
+           "switch-stream-64-c-r1024", "switch-stream-64-c-4fe-r1024",
            "afpacket-stream-64", "afpacket-mmap-stream-64", "memif-stream-64", "loopback-stream-64-c"]
 RTTS = ["switch-pingpong-poll", "switch-pingpong-signal", "ring-pingpong-poll", "relay-pingpong-poll",
         "eventfd-relay-pingpong",
