@@ -520,7 +520,7 @@ def vhost_section(data):
            "engine's counters, testpmd's own in the notes.  venet-vhost-loop-*: on a venet-loopback "
            "(its port a socket: two syscalls per frame), the driver in `io` forwarding with `--tx-first`; "
            "venet-vhost-reflect-*: the same loop with no port (a FIFO in the engine), against "
-           "dpdk-vhost-loop-*.  Ping rows: the three setups take turns for five rounds, each row the "
+           "dpdk-vhost-loop-*.  Ping rows: the three setups take turns for seven rounds, each row the "
            "median of its rounds.  rx = driver -> backend.  "
            f"{'A --quick run. ' if data.get('quick') else ''}Measured {_where(data)}; bench/vhost.py "
            "says how each figure is taken.", "",

@@ -62,7 +62,7 @@ import time
 TESTPMD = shutil.which("dpdk-testpmd")
 POLL_US = 200                       # poll_us of the -poll rows
 PING_POLL_US = 1_000_000            # the ping row's: more than the pings' gap, so the worker never sleeps
-PING_ROUNDS = 5
+PING_ROUNDS = 7
 DMAC = "02:00:00:00:00:77"
 KIP, DIP = "10.77.0.1", "10.77.0.2"
 
