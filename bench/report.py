@@ -526,17 +526,8 @@ def vhost_section(data):
            "says how each figure is taken.", "",
            "| name | metric | value |", "|---|---|---:|"]
 
-    def fmt(metric, x):
-        if x is None:
-            return "n/a"
-        if metric == "frames_per_s":
-            return f"{x:,.0f} /s"
-        if metric == "cpu_percent":
-            return f"{x:.2f}%"
-        if metric == "rtt_us_p50":
-            return f"{x:,.0f} us"
-        return f"{x:g}"
-    out += [f"| {r['name']} | {r['metric']} | {fmt(r['metric'], r['value'])} |" for r in data["rows"]]
+    from bench.vhost import fmt_value
+    out += [f"| {r['name']} | {r['metric']} | {fmt_value(r['metric'], r['value'])} |" for r in data["rows"]]
 
     def ratio(a, b):
         return v[a] / v[b] if v.get(a) and v.get(b) else None

@@ -178,6 +178,24 @@ class VenetLoop:
         self.pool.close()
 
 
+def _window(v, tp, key, secs):
+    """Once counter `key` of the connector `v` moves (driver `tp` started),
+    a warm-up, then `secs` measured: each counter's rate per second, and
+    "drops", the frames refused or dropped in the window (a count)."""
+    deadline = time.monotonic() + 10
+    while v.counters()[key] == 0:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no frames through venet: {tp.text()[-600:]}")
+        time.sleep(0.05)
+    time.sleep(0.5)                 # warm-up
+    a, t0 = v.counters(), time.monotonic()
+    time.sleep(secs)
+    b, t1 = v.counters(), time.monotonic()
+    out = {k: (b[k] - a.get(k, 0)) / (t1 - t0) for k in b}
+    out["drops"] = sum(b[k] - a.get(k, 0) for k in b if k.startswith(("drop_", "tx_drop", "rx_drop")))
+    return out
+
+
 def venet_loop(dir_, length, poll_us, secs, cpus, reflect=0):
     path = os.path.join(dir_, f"venet-{length}-{poll_us}-{reflect}.sock")
     v = VenetLoop(path, cpus[0], poll_us, reflect)
@@ -186,20 +204,9 @@ def venet_loop(dir_, length, poll_us, secs, cpus, reflect=0):
         tp = Testpmd(cpus[1], [f"net_virtio_user0,path={path},queues=1,mac={DMAC}"], "io",
                      "--tx-first", f"--txpkts={length - 4}", tag="vbv")
         tp.wait_for("Port statistics")
-        deadline = time.monotonic() + 10
-        while v.counters()["tx_frames"] == 0:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no frames through venet: {tp.text()[-600:]}")
-            time.sleep(0.05)
-        time.sleep(0.5)                 # warm-up
-        a, t0 = v.counters(), time.monotonic()
-        time.sleep(secs)
-        b, t1 = v.counters(), time.monotonic()
-        dt = t1 - t0
-        return {"rx": (b["tx_frames"] - a["tx_frames"]) / dt, "tx": (b["rx_frames"] - a["rx_frames"]) / dt,
-                "drops": sum(b[k] - a[k] for k in b if k.startswith(("drop_", "tx_drop", "rx_drop"))),
-                "wakeups_per_s": (b["wakeups"] - a["wakeups"]) / dt,
-                "calls_per_s": (b["calls_sent"] - a["calls_sent"]) / dt}
+        d = _window(v, tp, "tx_frames", secs)
+        return {"rx": d["tx_frames"], "tx": d["rx_frames"], "drops": d["drops"],
+                "wakeups_per_s": d["wakeups"], "calls_per_s": d["calls_sent"]}
     finally:
         if tp is not None:
             tp.stop()                   # the driver first
@@ -243,23 +250,12 @@ def venet_null(dir_, length, poll_us, secs, cpus, direction):
                      "txonly" if direction == "rx" else "rxonly",
                      *([f"--txpkts={length - 4}"] if direction == "rx" else []), tag="vbn")
         tp.wait_for("Port statistics")
-        deadline = time.monotonic() + 10
-        while v.counters()[key] == 0:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"no frames through venet: {tp.text()[-600:]}")
-            time.sleep(0.05)
-        time.sleep(0.5)                 # warm-up
-        a, t0 = v.counters(), time.monotonic()
-        time.sleep(secs)
-        b, t1 = v.counters(), time.monotonic()
-        dt = t1 - t0
-        return {"rate": (b[key] - a[key]) / dt,
+        d = _window(v, tp, key, secs)
+        return {"rate": d[key],
                 # testpmd's own count, its best period (its periods do not
                 # line up with the window)
                 "driver_pps": max(tp.rates("Tx-pps" if direction == "rx" else "Rx-pps"), default=0),
-                "wakeups_per_s": (b["wakeups"] - a["wakeups"]) / dt,
-                "calls_per_s": (b["calls_sent"] - a["calls_sent"]) / dt,
-                "drops": sum(b[k] - a[k] for k in b if k.startswith(("drop_", "tx_drop", "rx_drop")))}
+                "wakeups_per_s": d["wakeups"], "calls_per_s": d["calls_sent"], "drops": d["drops"]}
     finally:
         if tp is not None:
             tp.stop()
@@ -486,7 +482,8 @@ def _targets(rows, notes):
         notes.append(f"ping, venet in signal mode / DPDK net_vhost+net_tap = {p:.2f}")
 
 
-def _fmt(metric, v):
+def fmt_value(metric, v):
+    """A row's value as the tables show it (docs/benchmarks.md too)."""
     if v is None:
         return "n/a"
     if metric == "frames_per_s":
@@ -500,7 +497,7 @@ def _fmt(metric, v):
 
 def format_table(rows, notes):
     out = ["| name | metric | value |", "|---|---|---:|"]
-    out += [f"| {r['name']} | {r['metric']} | {_fmt(r['metric'], r['value'])} |" for r in rows]
+    out += [f"| {r['name']} | {r['metric']} | {fmt_value(r['metric'], r['value'])} |" for r in rows]
     return "\n".join(out + [""] + [f"- {n}" for n in notes])
 
 

@@ -235,7 +235,7 @@ class NullClass(DeviceClass):
             raise
         # It accepts any frame (it drops them) and gives plain ones only.
         dev.offered[abi.CAP_GROUP_SG] = abi.CAP_SG | abi.OFFLOAD_CAPS
-        return _started(_NullInstance(dev, length), attrs, self)
+        return _started(_NullInstance(dev), attrs, self)
 
 
 def _check_source(length, mtu):
@@ -255,26 +255,23 @@ class _NullInstance(_Instance):
     """venet-null: `source`, `mac` and `mtu` change while it is closed (each
     pump or engine copies the frame when it starts)."""
 
-    def __init__(self, dev, source):
-        super().__init__(dev)
-        self.source = source
-
     def set(self, name, value):
         self.check_closed(name)
+        source = len(self.dev.null_frame)
         if name == "source":
             _check_source(value, self.dev.mtu)
-            self.source = value
+            source = value
         elif name == "mtu":
-            _check_source(self.source, value)
+            _check_source(source, value)
         super().set(name, value)
-        if name in ("source", "mac", "mtu"):
-            self.dev.null_frame = null_frame(self.dev.mac, self.source)
+        if name in ("source", "mac"):
+            self.dev.null_frame = null_frame(self.dev.mac, source)
             # The fd's readiness follows: drained, then one for a source.
             try:
                 os.eventfd_read(self.dev.tap_fd)
             except BlockingIOError:
                 pass
-            if self.source:
+            if source:
                 os.eventfd_write(self.dev.tap_fd, 1)
 
 
